@@ -1,0 +1,303 @@
+"""The pure math of R1-Zero training: advantages, log-probabilities, the clipped policy loss,
+KL estimators, loss aggregation weights and pass@k.
+
+    from r1zero.algorithms import ADVANTAGE_ESTIMATORS, lookup
+    advantages = lookup(ADVANTAGE_ESTIMATORS, "grpo", "advantage estimator")(rewards, 1e-6)
+
+Every function takes tensors and plain scalars and returns tensors: no config, no I/O, no
+distributed state. Variants of one idea share one signature and live in a dict; `lookup` picks one
+by name and says which names are valid.
+
+Shape notation, used in every docstring and shape comment:
+    B  prompts in the batch
+    G  samples (completions) per prompt, a "group"
+    N  = B * G sequences, ordered group by group (rows g*G .. g*G+G-1 are prompt g)
+    T  completion tokens per sequence, right-padded
+    V  vocabulary size
+`mask` is always a (N, T) float tensor: 1.0 on real completion tokens, 0.0 on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+AdvantageEstimator = Callable[[Tensor, float], Tensor]  # (rewards (B, G), eps) -> (B, G)
+KLEstimator = Callable[[Tensor, Tensor], Tensor]  # (logprobs (N, T), ref_logprobs (N, T)) -> (N, T)
+LossAggregation = Callable[[Tensor, int], Tensor]  # (mask (N, T), max_length) -> weights (N, T)
+
+
+def lookup(table: dict, name: str, what: str):
+    """Return table[name]; an unknown name raises ValueError listing the valid names.
+
+    >>> lookup(KL_ESTIMATORS, "k3", "KL estimator") is kl_k3
+    True
+    """
+    if name not in table:
+        valid = ", ".join(sorted(table))
+        raise ValueError(f"unknown {what} {name!r}; valid: {valid}")
+    return table[name]
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def _checked_rewards(rewards: Tensor, min_group_size: int, estimator: str) -> Tensor:
+    """Validate a (B, G) reward tensor and return it as floating point."""
+    if rewards.dim() != 2:
+        raise ValueError(f"{estimator}: rewards must have shape (B, G), got {tuple(rewards.shape)}")
+    if rewards.shape[1] < min_group_size:
+        raise ValueError(
+            f"{estimator}: needs at least {min_group_size} samples per prompt, got G={rewards.shape[1]}; "
+            f"raise the number of samples per prompt or choose another advantage estimator"
+        )
+    return rewards if rewards.is_floating_point() else rewards.float()
+
+
+def _zero_equal_groups(advantages: Tensor, rewards: Tensor) -> Tensor:
+    """Set the advantages of groups whose rewards are all equal to exactly 0.
+
+    Floating-point means of equal values can be off by one ulp (mean of [0.9]*3 in float32), which
+    would leave a tiny non-zero advantage, amplified by the std division in GRPO.
+    """
+    all_equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(all_equal, torch.zeros_like(advantages), advantages)  # (B, G)
+
+
+def grpo_advantages(rewards: Tensor, eps: float) -> Tensor:
+    """GRPO outcome advantage: A_i = (r_i - mean(r)) / (std(r) + eps), within each group.
+
+    DeepSeekMath (Shao et al. 2024), section 4.1.2, "outcome supervision"; used by DeepSeek-R1-Zero.
+    std uses Bessel's correction (divides by G - 1), as TRL and verl compute it. Needs G >= 2.
+    A group whose rewards are all equal gets advantage 0.
+    """
+    rewards = _checked_rewards(rewards, 2, "grpo")
+    mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
+    std = rewards.std(dim=1, keepdim=True, correction=1)  # (B, 1)
+    return _zero_equal_groups((rewards - mean) / (std + eps), rewards)  # (B, G)
+
+
+def dr_grpo_advantages(rewards: Tensor, eps: float) -> Tensor:
+    """Dr. GRPO advantage: A_i = r_i - mean(r), within each group; no std division.
+
+    Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective": dividing by the
+    group std up-weights groups that are nearly all right or all wrong (a question-difficulty bias).
+    eps is unused; it is kept so that all estimators share one signature.
+    """
+    rewards = _checked_rewards(rewards, 1, "dr_grpo")
+    mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
+    return _zero_equal_groups(rewards - mean, rewards)  # (B, G)
+
+
+def rloo_advantages(rewards: Tensor, eps: float) -> Tensor:
+    """RLOO advantage: A_i = r_i - (1 / (G - 1)) * sum_{j != i} r_j = G / (G - 1) * (r_i - mean(r)).
+
+    REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics"): the baseline of each sample is
+    the mean of the other G - 1 samples of its group, so it does not depend on the sample itself.
+    Needs G >= 2. eps is unused (shared signature).
+    """
+    rewards = _checked_rewards(rewards, 2, "rloo")
+    group_size = rewards.shape[1]
+    others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (group_size - 1)  # (B, G)
+    return _zero_equal_groups(rewards - others_mean, rewards)  # (B, G)
+
+
+def reinforce_advantages(rewards: Tensor, eps: float) -> Tensor:
+    """REINFORCE with a batch-mean baseline: A_i = r_i - mean of all B * G rewards.
+
+    Williams 1992. The baseline ignores the groups, so "all rewards equal" means the whole batch:
+    only then is every advantage exactly 0. eps is unused (shared signature).
+    """
+    rewards = _checked_rewards(rewards, 1, "reinforce")
+    whole_batch = rewards.reshape(1, -1)  # (1, N): the batch is the one group
+    advantages = _zero_equal_groups(whole_batch - whole_batch.mean(), whole_batch)  # (1, N)
+    return advantages.reshape(rewards.shape)  # (B, G)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "rloo": rloo_advantages,
+    "reinforce": reinforce_advantages,
+}
+
+
+# ----------------------------------------------------------------------------- log-probabilities, entropy
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """Upcast bf16/fp16 to float32; leave float32 and float64 as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log pi(token) = logits[token] - logsumexp(logits), per position, in float32 or wider.
+
+    Gathers the one logit needed instead of materialising the full (N, T, V) log_softmax; bf16/fp16
+    logits are still upcast to one float32 copy, since bf16 keeps only about 3 significant digits.
+    logits (N, T, V) must already be aligned with tokens (N, T): logits[:, t] predicts tokens[:, t].
+    """
+    logits = _at_least_float32(logits)  # (N, T, V)
+    chosen = logits.gather(dim=-1, index=tokens.long().unsqueeze(-1)).squeeze(-1)  # (N, T)
+    return chosen - torch.logsumexp(logits, dim=-1)  # (N, T)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy H = -sum_v p_v log p_v of the next-token distribution, in float32 or wider.
+
+    Computed as H = logsumexp(z) - sum_v p_v z_v (since log p_v = z_v - logsumexp(z)), which stays
+    finite for very large or very negative logits.
+    """
+    logits = _at_least_float32(logits)  # (N, T, V)
+    log_normaliser = torch.logsumexp(logits, dim=-1)  # (N, T)
+    probs = torch.softmax(logits, dim=-1)  # (N, T, V)
+    return log_normaliser - (probs * logits).sum(dim=-1)  # (N, T)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """sum(values * mask) / max(sum(mask), 1): the mean over real tokens, 0 when there are none."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)  # scalar
+
+
+# ----------------------------------------------------------------------------- policy loss
+
+
+class PolicyLoss(NamedTuple):
+    """What `clipped_surrogate_loss` returns; every field is (N, T), padding included."""
+
+    per_token_loss: Tensor  # (N, T) loss of each token; aggregate with loss aggregation weights
+    ratio: Tensor  # (N, T) pi / pi_old, still attached to the graph (detach it to log it)
+    is_clipped: Tensor  # (N, T) bool: clipping zeroed this token's gradient (see the docstring)
+
+
+def clipped_surrogate_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+) -> PolicyLoss:
+    """PPO clipped surrogate, negated to be minimised, with separate lower and upper clip ranges:
+
+        ratio = exp(log pi - log pi_old)
+        loss  = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
+
+    PPO (Schulman et al. 2017) with clip_low == clip_high (0.2 in DeepSeekMath). clip_high > clip_low
+    is DAPO's clip-higher (Yu et al. 2025: clip_low 0.2, clip_high 0.28), which lets the probability
+    of unlikely tokens grow further and so keeps entropy from collapsing.
+
+    logprobs, old_logprobs (N, T); advantages (N,), broadcast over tokens, or (N, T).
+
+    Clip fraction: is_clipped marks tokens where the clipped term is strictly smaller than the
+    unclipped one, so min() picks it and its gradient is zero (ratio > 1 + clip_high with A > 0, or
+    ratio < 1 - clip_low with A < 0). Tokens outside the range on the other side (e.g. ratio < 1 -
+    clip_low with A > 0) keep their gradient and are not counted; A == 0 is never clipped.
+    """
+    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
+        raise ValueError(
+            f"clipped_surrogate_loss needs 0 <= clip_low < 1 and clip_high >= 0, "
+            f"got clip_low={clip_low}, clip_high={clip_high}"
+        )
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (N, 1), broadcasts over T
+    ratio = torch.exp(logprobs - old_logprobs)  # (N, T)
+    unclipped = ratio * advantages  # (N, T)
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages  # (N, T)
+    per_token_loss = -torch.minimum(unclipped, clipped)  # (N, T)
+    is_clipped = clipped < unclipped  # (N, T)
+    return PolicyLoss(per_token_loss=per_token_loss, ratio=ratio, is_clipped=is_clipped)
+
+
+# ----------------------------------------------------------------------------- KL estimators
+# Per-token estimates of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020, "Approximating
+# KL divergence", http://joschu.net/blog/kl-approx.html). With r = pi_ref / pi:
+#   k1 = -log r            unbiased, high variance, can be negative
+#   k2 = (log r)^2 / 2     biased (low bias when pi is close to pi_ref), low variance, >= 0
+#   k3 = r - log r - 1     unbiased (E_pi[r] = 1), low variance, >= 0
+
+
+def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k1 = log pi - log pi_ref. Unbiased, high variance, can be negative (Schulman 2020)."""
+    return logprobs - ref_logprobs  # (N, T)
+
+
+def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k2 = 0.5 * (log pi - log pi_ref)^2. Biased but low variance, >= 0 (Schulman 2020)."""
+    return 0.5 * (logprobs - ref_logprobs) ** 2  # (N, T)
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 = pi_ref / pi - log(pi_ref / pi) - 1 = exp(ref - logp) - (ref - logp) - 1.
+
+    Schulman 2020; the estimator of DeepSeekMath (eq. 4) and DeepSeek-R1. Unbiased and >= 0
+    (e^x >= 1 + x). No clamping: a huge log-ratio gives a huge penalty, which is what it measures.
+    """
+    log_ratio = ref_logprobs - logprobs  # (N, T) log(pi_ref / pi)
+    return torch.exp(log_ratio) - log_ratio - 1.0  # (N, T)
+
+
+KL_ESTIMATORS: dict[str, KLEstimator] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+# ----------------------------------------------------------------------------- loss aggregation
+# Each mode returns per-token weights, and the loss is (per_token_loss * weights).sum(). The weights
+# depend on the whole minibatch (its N, its token count), so compute them once on the minibatch and
+# slice them for micro-batches or data-parallel shards: the sum of the slices' losses is then exactly
+# the minibatch loss, and so is the sum of their gradients.
+
+
+def sequence_weights(mask: Tensor, max_length: int) -> Tensor:
+    """Mean over each response's tokens, then mean over responses: w_it = mask_it / |o_i| / N.
+
+    The GRPO objective as written in DeepSeekMath (eq. 3). Long responses get less weight per token,
+    which Dr. GRPO identifies as a length bias. A response with no tokens gets weight 0 but still
+    counts in N. max_length is unused (shared signature).
+    """
+    num_sequences = mask.shape[0]
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (N, 1)
+    return mask / lengths / num_sequences  # (N, T)
+
+
+def token_weights(mask: Tensor, max_length: int) -> Tensor:
+    """Mean over all tokens of the minibatch: w_it = mask_it / sum(mask).
+
+    DAPO's token-level policy-gradient loss (Yu et al. 2025): every token weighs the same, so long
+    responses are not diluted. max_length is unused (shared signature).
+    """
+    return mask / mask.sum().clamp(min=1.0)  # (N, T)
+
+
+def constant_weights(mask: Tensor, max_length: int) -> Tensor:
+    """Sum over tokens divided by a fixed length, then mean over responses: w_it = mask_it / (L * N).
+
+    Dr. GRPO (Liu et al. 2025): dividing by the constant L = max_length (the generation budget)
+    instead of |o_i| removes the length bias; the weights depend on neither lengths nor token counts.
+    """
+    if max_length <= 0:
+        raise ValueError(f"constant loss aggregation needs max_length > 0, got {max_length}")
+    return mask / (max_length * mask.shape[0])  # (N, T)
+
+
+LOSS_AGGREGATIONS: dict[str, LossAggregation] = {
+    "sequence": sequence_weights,
+    "token": token_weights,
+    "constant": constant_weights,
+}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
+
+    Chen et al. 2021 (Codex paper), computed in its numerically stable product form
+    C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i). 1.0 when n - c < k (every k-subset
+    holds a correct sample).
+    """
+    if n < 0 or c < 0 or k < 1:
+        raise ValueError(f"pass_at_k needs n >= 0, c >= 0 and k >= 1, got n={n}, c={c}, k={k}")
+    if c > n or k > n:
+        raise ValueError(f"pass_at_k needs c <= n and k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))

@@ -1,0 +1,275 @@
+"""Every setting of `r1zero train`, declared once.
+
+    r1zero train --config recipes/r1_zero.yaml --learning-rate 1e-6
+
+`TrainConfig` is the single source: each field's docstring (read from this file's source) is its CLI help,
+YAML recipes set fields by name, and `validate()` checks everything before any model is loaded.
+Precedence: defaults < recipe YAML < command-line flags.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which one and what would be valid."""
+
+
+@dataclass
+class TrainConfig:
+    # ---- run ------------------------------------------------------------------------------------
+    output_dir: str | None = None
+    """Folder for metrics.jsonl, config.yaml, tensorboard/ and final/. Default: runs/<task>-<date>-<time>."""
+    seed: int = 0
+    """Seeds sampling, prompt order and initialisation; a CPU run with the same seed repeats exactly."""
+    max_steps: int = 120
+    """Training steps (each: sample prompts, generate, score, update)."""
+    device: str = "auto"
+    """"cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available, else CPU)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float16. bfloat16 halves memory on GPU; on CPU keep float32."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core)."""
+
+    # ---- model and prompt -----------------------------------------------------------------------
+    model: str = "builtin"
+    """"builtin" (r1zero's own small base model, shipped with the package) or a local Hugging Face model folder."""
+    template: str = "r1_zero"
+    """"r1_zero": the DeepSeek-R1-Zero prompt, word for word (base models). "chat": the model's own chat template
+    with the same instruction as system message (instruct models)."""
+
+    # ---- data -----------------------------------------------------------------------------------
+    task: str = "sums"
+    """Built-in task to train on when no dataset is given (see `r1zero.tasks.TASKS`)."""
+    dataset: str | None = None
+    """A JSONL file of your own problems (fields set by prompt_field and answer_field), scored with the math
+    accuracy reward (math-verify). Overrides task."""
+    eval_dataset: str | None = None
+    """A JSONL file of held-out problems for dataset runs. Without it, eval_problems rows of the dataset (at most
+    a fifth of it) are held out and never trained on."""
+    prompt_field: str = "prompt"
+    """Field of each dataset row holding the question."""
+    answer_field: str = "answer"
+    """Field of each dataset row holding the reference final answer."""
+
+    # ---- rollout --------------------------------------------------------------------------------
+    prompts_per_step: int = 16
+    """B: distinct prompts per step. Samples per step are B x G."""
+    group_size: int = 8
+    """G: completions sampled per prompt; advantages compare them within their group. R1-Zero used 16."""
+    max_new_tokens: int = 48
+    """Longest completion; longer ones are cut (and rarely earn the format reward)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts and for eval pass@1."""
+
+    # ---- algorithm ------------------------------------------------------------------------------
+    advantage: str = "grpo"
+    """Advantage estimator: grpo (group-standardised), dr_grpo (group mean removed, no std), rloo (leave-one-out),
+    reinforce (batch mean removed)."""
+    loss_aggregation: str = "sequence"
+    """How token losses become one number: sequence (mean per response, then over responses: GRPO), token (mean
+    over all tokens: DAPO), constant (sum / max_new_tokens, then mean over responses: Dr. GRPO)."""
+    clip_low: float = 0.2
+    """PPO clip below: the ratio is clipped at 1 - clip_low."""
+    clip_high: float = 0.2
+    """PPO clip above: the ratio is clipped at 1 + clip_high. DAPO's clip-higher uses 0.28."""
+    kl_coef: float = 0.0
+    """beta, weight of the KL penalty to the frozen reference model. 0 loads no reference model (saves one
+    forward pass and a copy of the weights). R1-Zero used 0.001."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1 (log ratio), k2 (half squared log ratio), k3 (pi_ref/pi - log(pi_ref/pi) - 1, the
+    paper's). Only used when kl_coef > 0."""
+    updates_per_batch: int = 1
+    """mu: optimisation passes over each batch of samples. Above 1, the importance ratio against the generating
+    policy departs from 1 and clipping matters."""
+    minibatch_size: int = 0
+    """Sequences per optimiser step (0: the whole batch, one optimiser step per pass). Must divide B x G."""
+    microbatch_size: int = 0
+    """Sequences per forward/backward inside a minibatch (gradient accumulation; 0: the whole minibatch). Only
+    memory changes, never the gradient. Must divide minibatch_size."""
+    learning_rate: float = 2e-4
+    """AdamW learning rate, constant after warm-up. Tiny models need far more than the 1e-6 range of 7B models."""
+    warmup_steps: int = 5
+    """Linear learning-rate warm-up, in training steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm (0: no clipping)."""
+
+    # ---- rewards --------------------------------------------------------------------------------
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    """Named reward components and their weights; the reward is their weighted sum, and each is logged as
+    reward/<name>. "accuracy" is the task's checker, "format" the strict tag format. On the CLI:
+    --reward-weights accuracy=1,format=0.5."""
+
+    # ---- evaluation and logging -----------------------------------------------------------------
+    eval_every: int = 40
+    """Evaluate on the held-out set every N steps, at step 0 (before any update) and at the end (0: only then)."""
+    eval_problems: int = 200
+    """Held-out problems per evaluation."""
+    eval_samples: int = 4
+    """Samples per held-out problem for eval/pass@1 (at the training temperature), besides one greedy answer."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to <output_dir>/tensorboard."""
+
+    # -------------------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check every setting before anything is loaded; raise ConfigError listing all problems."""
+        from r1zero.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+        from r1zero.tasks import TASKS
+        from r1zero.templates import TEMPLATES
+
+        problems = []
+
+        def choice(name: str, valid) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                problems.append(f"{name}: '{value}' is not one of {', '.join(sorted(valid))}")
+
+        def positive(*names: str) -> None:
+            for name in names:
+                if getattr(self, name) <= 0:
+                    problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+
+        choice("advantage", ADVANTAGE_ESTIMATORS)
+        choice("loss_aggregation", LOSS_AGGREGATIONS)
+        choice("kl_estimator", KL_ESTIMATORS)
+        choice("template", TEMPLATES)
+        choice("dtype", ("float32", "bfloat16", "float16"))
+        if self.dataset is None:
+            choice("task", TASKS)
+        positive("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "eval_problems",
+                 "eval_samples", "learning_rate")
+        if self.temperature < 0:
+            problems.append(f"temperature: must be >= 0, got {self.temperature}")
+        if self.group_size < 2 and self.advantage in ("grpo", "rloo", "dr_grpo"):
+            problems.append(f"group_size: the {self.advantage} advantage compares samples of a group, so it needs "
+                            f"group_size >= 2, got {self.group_size}")
+        if self.kl_coef < 0:
+            problems.append(f"kl_coef: must be >= 0, got {self.kl_coef}")
+        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
+            problems.append(f"clip_low/clip_high: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, "
+                            f"{self.clip_high}")
+        batch = self.prompts_per_step * self.group_size
+        minibatch = self.minibatch_size or batch
+        if batch % minibatch:
+            problems.append(f"minibatch_size: {minibatch} does not divide the batch of prompts_per_step x group_size "
+                            f"= {batch}; valid: a divisor of {batch} (or 0 for the whole batch)")
+        if self.microbatch_size and minibatch % self.microbatch_size:
+            problems.append(f"microbatch_size: {self.microbatch_size} does not divide minibatch_size {minibatch}; "
+                            f"valid: a divisor of {minibatch} (or 0)")
+        if not self.reward_weights:
+            problems.append("reward_weights: at least one reward component is needed, e.g. accuracy=1,format=0.5")
+        for path_setting in ("dataset", "eval_dataset"):
+            path = getattr(self, path_setting)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{path_setting}: file not found: {path}")
+        if self.eval_dataset is not None and self.dataset is None:
+            problems.append("eval_dataset: only used together with dataset")
+        if self.model != "builtin" and not (Path(self.model) / "config.json").is_file():
+            problems.append(f"model: {self.model} is not a Hugging Face model folder (no config.json); give a local "
+                            f"folder saved with save_pretrained, or 'builtin'")
+        if problems:
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Field documentation, YAML and command-line values, all derived from the dataclass
+
+
+@cache
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+            if isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_types(cls: type = TrainConfig) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_setting(name: str, source: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid settings: {', '.join(names)}"
+    return ConfigError(f"{source}: unknown setting '{name}'{hint}")
+
+
+def parse_value(name: str, raw: Any, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or explain what is expected."""
+    kind = field_types()[name]
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional:
+        kind = next(a for a in args if a is not type(None))
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+    try:
+        if typing.get_origin(kind) is dict:
+            if isinstance(raw, str):  # "accuracy=1,format=0.5"
+                raw = dict(item.split("=", 1) for item in raw.split(",") if item.strip())
+            return {str(key).strip(): float(value) for key, value in dict(raw).items()}
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "1", "yes"):
+                return True
+            if str(raw).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError
+        return kind(raw)
+    except (ValueError, TypeError):
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(kind, str(kind))
+        if typing.get_origin(kind) is dict:
+            expected = "name=weight pairs such as accuracy=1,format=0.5"
+        raise ConfigError(f"{source}: setting '{name}' expects {expected}, got {raw!r}") from None
+
+
+def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the recipe's values, then `overrides` (already-named fields, e.g. from the CLI)."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of setting: value, got {type(loaded).__name__}")
+        for name, raw in loaded.items():
+            if name not in field_types():
+                raise _unknown_setting(name, str(path))
+            values[name] = parse_value(name, raw, str(path))
+    for name, raw in (overrides or {}).items():
+        if name not in field_types():
+            raise _unknown_setting(name, "command line")
+        values[name] = parse_value(name, raw, "command line")
+    return TrainConfig(**values)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

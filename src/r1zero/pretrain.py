@@ -1,0 +1,240 @@
+"""The project's own small base model: a word-level tokenizer and a tiny Llama, pretrained on a synthetic corpus.
+
+    r1zero pretrain --output-dir base-model      # reproduces src/r1zero/assets/base-model (a few minutes on CPU)
+
+Nothing can be downloaded here, so r1zero makes the base model that `r1zero train` starts from. The corpus
+plays the part of web text for a real base model: it holds knowledge and habits, never the task itself in
+the prompt template. Its documents, in proportions set by CORPUS_MIX:
+
+  facts     two-number additions as plain text            "12 + 7 = 19 ."
+  notes     running sums of training-split lists, plain   "3 + 5 + 2 : 3 + 5 = 8 . 8 + 2 = 10 ."
+            text with no tags and no template (notes on a held-out list never occur: checked)
+  dialogues the R1-Zero template around OTHER questions   "... User: What is the largest of 3 8 2. Assistant:
+            (largest, smallest, last, count of a list),      <think> 3 or 8 is 8 . 8 or 2 is 8 . </think>
+            answered in the tag format only sometimes        <answer> 8 </answer>"
+
+So the base model knows addition facts, has seen running sums, and has seen the tag format used for other
+questions with a step-by-step fold inside <think>. It has never seen a sum question inside the template nor a
+sum's total given directly. Under the template it mostly restates the question or guesses, and only sometimes
+writes the partial sums inside <think>; RL has to find that this is what earns reward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1zero.tasks import sums
+from r1zero.templates import R1_ZERO_TEMPLATE
+
+THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+EOS = "<|endoftext|>"
+UNK = "<unk>"
+CORPUS_MIX = {"facts": 0.25, "notes": 0.25, "dialogues": 0.5}
+SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus
+
+
+def fact_document(rng: random.Random) -> str:
+    """A few two-number additions, the left term up to the largest partial sum of the task."""
+    largest = sums.MAX_DIGIT * (sums.MAX_TERMS - 1)
+    lines = []
+    for _ in range(rng.randint(3, 6)):
+        a, b = rng.randint(0, largest), rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT)
+        lines.append(f"{a} + {b} = {a + b} .")
+    return " ".join(lines)
+
+
+def running_sum_steps(numbers: tuple[int, ...]) -> str:
+    """ "3 + 5 = 8 . 8 + 2 = 10 ." for (3, 5, 2)."""
+    steps, total = [], numbers[0]
+    for number in numbers[1:]:
+        steps.append(f"{total} + {number} = {total + number} .")
+        total += number
+    return " ".join(steps)
+
+
+def note_document(rng: random.Random) -> str:
+    """Running sums of a training-split list, as plain text."""
+    numbers = sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))
+    return " + ".join(map(str, numbers)) + " : " + running_sum_steps(numbers)
+
+
+def _fold_steps(numbers: list[int], word: str, pick) -> tuple[str, int]:
+    steps, best = [], numbers[0]
+    for number in numbers[1:]:
+        new = pick(best, number)
+        steps.append(f"{best} {word} {number} is {new} .")
+        best = new
+    return " ".join(steps), best
+
+
+def dialogue_document(rng: random.Random) -> str:
+    """The template around a question that is not a sum, answered in one of several styles."""
+    numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
+    listed = " ".join(map(str, numbers))
+    kind = rng.choice(["largest", "smallest", "last", "count"])
+    if kind == "largest":
+        text, thinking = f"What is the largest of {listed}", None
+        thinking, answer = _fold_steps(numbers, "or", max)
+    elif kind == "smallest":
+        text = f"What is the smallest of {listed}"
+        thinking, answer = _fold_steps(numbers, "or", min)
+    elif kind == "last":
+        text, thinking, answer = f"What is the last of {listed}", f"the list is {listed} .", numbers[-1]
+    else:
+        text, thinking, answer = f"How many numbers are in {listed}", f"the list is {listed} .", len(numbers)
+    style = rng.random()
+    if style < 0.6:
+        reply = f"<think> {thinking} </think> <answer> {answer} </answer>"
+    elif style < 0.8:
+        reply = f"<answer> {answer} </answer>"
+    else:
+        reply = f"{answer} ."
+    return R1_ZERO_TEMPLATE.format(prompt=text) + " " + reply
+
+
+DOCUMENT_MAKERS = {"facts": fact_document, "notes": note_document, "dialogues": dialogue_document}
+
+
+def build_corpus(num_documents: int, seed: int) -> list[str]:
+    """`num_documents` documents drawn by CORPUS_MIX; deterministic for a seed."""
+    rng = random.Random(seed)
+    kinds, weights = zip(*CORPUS_MIX.items())
+    return [DOCUMENT_MAKERS[rng.choices(kinds, weights)[0]](rng) for _ in range(num_documents)]
+
+
+def assert_no_held_out_problem(corpus: list[str]) -> None:
+    """Fail loudly if any held-out tuple's running sum appears in the corpus."""
+    for document in corpus:
+        if " : " in document and "<think>" not in document:
+            numbers = tuple(int(x) for x in document.split(" : ")[0].split(" + "))
+            if len(numbers) >= sums.MIN_TERMS and sums.is_held_out(numbers):
+                raise AssertionError(f"held-out problem {numbers} leaked into the corpus: {document!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: word level, every number up to the largest total is one token
+
+
+def build_tokenizer(corpus: list[str]):
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {UNK, EOS}
+    splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    largest = sums.MAX_DIGIT * sums.MAX_TERMS
+    seen = [str(n) for n in range(largest + 10)] + [R1_ZERO_TEMPLATE] + corpus[:20000]
+    for text in seen:
+        for tag in THINK_TAGS:
+            text = text.replace(tag, " ")
+        words.update(piece for piece, _ in splitter.pre_tokenize_str(text))
+    vocab = {word: index for index, word in enumerate(sorted(words))}
+    for tag in THINK_TAGS:
+        vocab[tag] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = splitter
+    tokenizer.add_tokens([AddedToken(tag, normalized=False) for tag in THINK_TAGS])
+    tokenizer.add_special_tokens([AddedToken(EOS, special=True), AddedToken(UNK, special=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, unk_token=UNK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and pretraining loop
+
+
+@dataclass
+class PretrainSettings:
+    """Sizes and schedule of the built-in base model (the defaults made the shipped checkpoint)."""
+
+    hidden_size: int = 128
+    """Width of the Llama model; 128 with 4 layers is about 0.8M parameters."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block."""
+    num_documents: int = 60000
+    """Corpus size in documents (about 40 tokens each on average)."""
+    block_size: int = 256
+    """Tokens per packed training sequence."""
+    batch_size: int = 32
+    """Packed sequences per optimiser step."""
+    steps: int = 1200
+    """Optimiser steps (about 15 passes over the corpus)."""
+    learning_rate: float = 3e-3
+    """Peak AdamW learning rate, linear warm-up for 5% of the steps then cosine decay to 10%."""
+    seed: int = 0
+    """Seeds the corpus, the initialisation and the batch order."""
+
+
+def pretrain(output_dir: str | Path, settings: PretrainSettings = PretrainSettings(), log=print) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(settings.seed)
+    corpus = build_corpus(settings.num_documents, settings.seed)
+    assert_no_held_out_problem(corpus)
+    tokenizer = build_tokenizer(corpus)
+    ids: list[int] = []
+    for document in corpus:
+        ids.extend(tokenizer(document)["input_ids"] + [tokenizer.eos_token_id])
+    if tokenizer.unk_token_id in ids:
+        raise AssertionError("the tokenizer does not cover the corpus")
+    blocks = torch.tensor(ids[: len(ids) // settings.block_size * settings.block_size]).view(-1, settings.block_size)
+    log(f"corpus: {len(corpus)} documents, {len(ids)} tokens, {len(blocks)} blocks; vocabulary {len(tokenizer)}")
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.hidden_size * 3,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, settings.steps // 20)
+
+    def learning_rate_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, settings.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_at)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model.train()
+    start = time.time()
+    for step in range(settings.steps):
+        batch = blocks[torch.randint(len(blocks), (settings.batch_size,), generator=generator)]  # (batch, block)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 100 == 0 or step == settings.steps - 1:
+            log(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s")
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "pretrain_settings.json").write_text(json.dumps(settings.__dict__, indent=2) + "\n")
+    return output_dir

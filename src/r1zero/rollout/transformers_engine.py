@@ -1,0 +1,85 @@
+"""A KV-cached sampling loop over any transformers causal LM, in the training process.
+
+Shapes: N = B*G rows, P = longest prompt (left-padded), t = tokens generated so far.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from r1zero.rollout import Generation
+
+
+class TransformersEngine:
+    """Samples with the policy's own forward pass and a DynamicCache; stops rows at `stop_string` or EOS."""
+
+    def __init__(self, model, tokenizer, stop_string: str = "</answer>"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id}
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        self.eos_ids.update(configured if isinstance(configured, list) else [configured])
+        self.eos_ids.discard(None)
+        self.stop_string = stop_string
+        stop_ids = tokenizer.encode(stop_string, add_special_tokens=False)
+        # One token: compare ids. Several: decode the tail of each row (token boundaries vary with context).
+        self.stop_token = stop_ids[0] if len(stop_ids) == 1 else None
+        self.tail_tokens = len(stop_ids) + 2
+
+    def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(-1)  # (N,)
+        probabilities = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
+        return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)  # (N,)
+
+    def _ends_with_stop(self, row_tokens: list[int]) -> bool:
+        return self.stop_string in self.tokenizer.decode(row_tokens[-self.tail_tokens:])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        samples_per_prompt: int,
+        max_new_tokens: int,
+        temperature: float,
+        generator: torch.Generator | None = None,
+    ) -> Generation:
+        from transformers import DynamicCache
+
+        device = self.model.device
+        rows = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (N, P)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, P)
+        for index, row in enumerate(rows):
+            input_ids[index, width - len(row):] = torch.tensor(row)
+            attention_mask[index, width - len(row):] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+
+        cache = DynamicCache()
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=cache, use_cache=True).logits[:, -1]  # (N, V)
+        next_position = position_ids[:, -1:] + 1  # (N, 1)
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)  # (N,)
+        generated: list[list[int]] = [[] for _ in rows]
+        stopped = [False] * len(rows)
+        for _ in range(max_new_tokens):
+            token = self._sample(logits, temperature, generator)  # (N,)
+            token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+            for index, value in enumerate(token.tolist()):
+                if finished[index]:
+                    continue
+                generated[index].append(value)
+                if value in self.eos_ids or value == self.stop_token or (
+                        self.stop_token is None and self._ends_with_stop(generated[index])):
+                    stopped[index] = True
+            finished = torch.tensor(stopped, device=device)
+            if finished.all():
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (N, P+t)
+            logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                                past_key_values=cache, use_cache=True).logits[:, -1]  # (N, V)
+            next_position = next_position + 1
+        return Generation(completions=generated, stopped=stopped)

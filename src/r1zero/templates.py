@@ -1,0 +1,70 @@
+"""Prompt templates: how a question is shown to the model.
+
+    build_prompt("What is 3 + 5?")                          # the R1-Zero template, for base models
+    build_prompt("What is 3 + 5?", "chat", tokenizer)       # the same instruction, in an instruct model's chat format
+
+The model's completion is everything it generates after the prompt ("Assistant:" for the R1-Zero
+template); generation stops at STOP_STRING or at the end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+# Table 1 of the DeepSeek-R1 paper (DeepSeek-AI, 2025), word for word; "prompt" there is {prompt} here.
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user "
+    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+# The instruction sentences of the template (everything before "User:"), used as the system
+# message of the "chat" template.
+R1_ZERO_INSTRUCTION = R1_ZERO_TEMPLATE.split("User:")[0].strip()
+
+TEMPLATES = ("r1_zero", "chat")
+
+# The paper's format ends with </answer>: generation stops there or at EOS. The stop string is
+# kept in the completion, so the rewards see the closing tag.
+STOP_STRING = "</answer>"
+
+
+def build_prompt(question: str, template: str = "r1_zero", tokenizer=None) -> str:
+    """The text given to the model for one question.
+
+    "r1_zero": R1_ZERO_TEMPLATE with the question in place of {prompt}; for base models.
+    "chat":    for instruct models: tokenizer.apply_chat_template with a system message holding
+               the R1-Zero instruction and a user message holding the question, ending with the
+               assistant's turn. If the chat template rejects a system message (it raises, as
+               Gemma's does), the instruction is folded into the user message instead.
+
+    >>> build_prompt("What is 3 + 5?").endswith("User: What is 3 + 5?. Assistant:")
+    True
+    """
+    if template == "r1_zero":
+        return R1_ZERO_TEMPLATE.format(prompt=question)
+    if template == "chat":
+        return _build_chat_prompt(question, tokenizer)
+    raise ValueError(f"unknown template {template!r}; valid templates: {', '.join(TEMPLATES)}")
+
+
+def _build_chat_prompt(question: str, tokenizer) -> str:
+    if tokenizer is None:
+        raise ValueError('template "chat" needs the tokenizer whose chat template formats the messages')
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            'template "chat" needs a tokenizer with a chat template, and this tokenizer has none '
+            '(a base model?); use template "r1_zero" instead'
+        )
+    from jinja2 import TemplateError  # transformers renders chat templates with jinja2
+
+    with_system = [
+        {"role": "system", "content": R1_ZERO_INSTRUCTION},
+        {"role": "user", "content": question},
+    ]
+    try:
+        return tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        # The chat template rejects a system role: fold the instruction into the user message.
+        folded = [{"role": "user", "content": f"{R1_ZERO_INSTRUCTION}\n\n{question}"}]
+        return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)

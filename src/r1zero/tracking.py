@@ -1,0 +1,51 @@
+"""Where metrics go: metrics.jsonl (one complete JSON object per line), TensorBoard, and the console.
+
+A line is written with a single write and fsync'd, so a crash leaves only complete lines behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: Path, tensorboard: bool = True):
+        self.path = output_dir / "metrics.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{key: _plain(value) for key, value in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _plain(value):
+    """Tensors and numpy scalars to Python numbers; non-finite floats to null-free strings JSON accepts."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def console(message: str) -> None:
+    print(message, file=sys.stdout, flush=True)

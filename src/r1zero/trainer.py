@@ -1,0 +1,288 @@
+"""The R1-Zero training loop: GRPO (and its family) with rule-based rewards, from a base model.
+
+    r1zero train                                    # built-in base model, built-in task, CPU, a few minutes
+    r1zero train --config recipes/r1_zero.yaml --model path/to/hf-model --dataset problems.jsonl
+
+One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024):
+  1. sample B prompts and wrap each in the R1-Zero template
+  2. generate G completions per prompt with the current policy (the "old" policy of the ratio)
+  3. score each completion with rule-based rewards: accuracy of the final answer, tag format
+  4. advantages: each reward compared with the others of its group
+  5. update the policy mu times on the batch with the clipped surrogate, minus beta * KL to the reference
+  6. log; every eval_every steps, evaluate on held-out problems
+
+Shapes: B prompts, G samples per prompt, N = B*G sequences, P prompt width, T completion width.
+Deliberate departures from the paper, all settings: the KL term defaults to 0 for the tiny built-in model
+(the R1-Zero recipe sets 0.001); the built-in recipe weights format 0.5 besides accuracy 1.0 (the paper gives
+no weights).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from r1zero import algorithms
+from r1zero.config import TrainConfig, to_yaml
+from r1zero.evaluation import evaluate
+from r1zero.example import Example
+from r1zero.models import completion_logprobs, load_model, load_tokenizer, resolve_device, resolve_model_path
+from r1zero.rewards import RewardScorer
+from r1zero.rollout.transformers_engine import TransformersEngine
+from r1zero.tasks import load_problems
+from r1zero.templates import STOP_STRING, build_prompt
+from r1zero.tracking import MetricsLogger, console
+
+ADVANTAGE_EPS = 1e-6  # added to the group std in grpo advantages
+
+
+@dataclass
+class Rollout:
+    """One step's samples, ready for the update. N = B*G rows in group order."""
+
+    input_ids: torch.Tensor  # (N, P+T) left-padded prompt, then right-padded completion
+    attention_mask: torch.Tensor  # (N, P+T) 1 on real tokens
+    completion_mask: torch.Tensor  # (N, T) float, 1 on completion tokens
+    prompt_width: int  # P
+    advantages: torch.Tensor  # (N,)
+    old_logprobs: torch.Tensor | None = None  # (N, T) under the generating policy; None: same as current
+    ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference model; None when kl_coef == 0
+
+    def rows(self, index: torch.Tensor) -> "Rollout":
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Rollout(self.input_ids[index], self.attention_mask[index], self.completion_mask[index],
+                       self.prompt_width, self.advantages[index], pick(self.old_logprobs), pick(self.ref_logprobs))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pack_rollout(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
+                 advantages: torch.Tensor, device: torch.device) -> Rollout:
+    """Left-pad prompts and right-pad completions into one (N, P+T) batch."""
+    rows = [prompt for prompt in prompts for _ in range(group_size)]
+    prompt_width = max(len(p) for p in rows)
+    completion_width = max(1, max(len(c) for c in completions))
+    count = len(rows)
+    input_ids = torch.full((count, prompt_width + completion_width), pad_id, dtype=torch.long)  # (N, P+T)
+    attention_mask = torch.zeros_like(input_ids)  # (N, P+T)
+    completion_mask = torch.zeros((count, completion_width))  # (N, T)
+    for i, (prompt, completion) in enumerate(zip(rows, completions)):
+        input_ids[i, prompt_width - len(prompt):prompt_width] = torch.tensor(prompt)
+        attention_mask[i, prompt_width - len(prompt):prompt_width + len(completion)] = 1
+        if completion:
+            input_ids[i, prompt_width:prompt_width + len(completion)] = torch.tensor(completion)
+            completion_mask[i, :len(completion)] = 1.0
+    return Rollout(input_ids.to(device), attention_mask.to(device), completion_mask.to(device), prompt_width,
+                   advantages.to(device))
+
+
+@torch.no_grad()
+def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
+    """Completion log-probabilities under `model` without gradient, `chunk` rows at a time. (N, T)"""
+    parts = []
+    for start in range(0, len(rollout.input_ids), chunk):
+        rows = slice(start, start + chunk)
+        logprobs, _ = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
+                                          rollout.prompt_width)
+        parts.append(logprobs)
+    return torch.cat(parts)
+
+
+def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, generator: torch.Generator) -> dict:
+    """mu passes over the batch in shuffled minibatches; each minibatch is one optimiser step.
+
+    Loss per minibatch: sum over tokens of (clipped surrogate + beta * KL) x aggregation weights. The weights are
+    computed once per minibatch and sliced for micro-batches, so gradient accumulation is exact.
+    """
+    count = len(rollout.input_ids)
+    minibatch = config.minibatch_size or count
+    microbatch = config.microbatch_size or minibatch
+    aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
+    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
+    totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+    optimiser_steps, skipped = 0, 0
+    for _ in range(config.updates_per_batch):
+        order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
+        for start in range(0, count, minibatch):
+            batch = rollout.rows(order[start:start + minibatch].to(rollout.input_ids.device))
+            weights = aggregation(batch.completion_mask, config.max_new_tokens)  # (M, T)
+            optimizer.zero_grad(set_to_none=True)
+            sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+            tokens = batch.completion_mask.sum().clamp(min=1)
+            for micro_start in range(0, len(batch.input_ids), microbatch):
+                rows = slice(micro_start, micro_start + microbatch)
+                mask, micro_weights = batch.completion_mask[rows], weights[rows]
+                logprobs, entropy = completion_logprobs(model, batch.input_ids[rows], batch.attention_mask[rows],
+                                                        batch.prompt_width, with_entropy=True)  # (m, T)
+                old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
+                policy = algorithms.clipped_surrogate_loss(logprobs, old, batch.advantages[rows],
+                                                           config.clip_low, config.clip_high)
+                per_token = policy.per_token_loss  # (m, T)
+                if batch.ref_logprobs is not None:
+                    kl = kl_estimator(logprobs, batch.ref_logprobs[rows])  # (m, T)
+                    per_token = per_token + config.kl_coef * kl
+                    sums["kl"] += (kl.detach() * mask).sum().item()
+                loss = (per_token * micro_weights).sum()
+                loss.backward()
+                sums["loss"] += loss.item()
+                sums["entropy"] += (entropy * mask).sum().item()
+                sums["clip_fraction"] += (policy.is_clipped.float() * mask).sum().item()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+            if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
+                optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
+                skipped += 1
+                continue
+            optimizer.step()
+            optimiser_steps += 1
+            totals["loss"] += sums["loss"]
+            totals["grad_norm"] += norm.item()
+            for key in ("kl", "entropy", "clip_fraction"):
+                totals[key] += sums[key] / tokens.item()
+    done = max(1, optimiser_steps)
+    return {key: value / done for key, value in totals.items()} | {"skipped_updates": skipped}
+
+
+def default_output_dir(config: TrainConfig) -> Path:
+    name = Path(config.dataset).stem if config.dataset else config.task
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training with validated settings; returns the output folder."""
+    # ---- setup --------------------------------------------------------------------------------------
+    config.validate()
+    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    problems = load_problems(config.task, config.dataset, config.eval_dataset, config.eval_problems, config.seed,
+                             config.prompt_field, config.answer_field)
+    model_path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(model_path)
+    policy = load_model(model_path, config.dtype, device)
+    reference = load_model(model_path, config.dtype, device, trainable=False) if config.kl_coef > 0 else None
+    engine = TransformersEngine(policy, tokenizer, STOP_STRING)
+    scorer = RewardScorer(config.reward_weights, problems.accuracy_reward)
+    advantage_fn = algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage, "advantage estimator")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    sampling = torch.Generator(device=device).manual_seed(config.seed)
+    shuffling = torch.Generator().manual_seed(config.seed + 1)
+    logger = MetricsLogger(output_dir, config.tensorboard)
+
+    def encode(examples: list[Example]) -> list[list[int]]:
+        return [tokenizer(build_prompt(e.prompt, config.template, tokenizer), add_special_tokens=False)["input_ids"]
+                for e in examples]
+
+    held_out_prompts = encode(problems.held_out)
+    console(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from {model_path}, "
+            f"task {problems.name} ({len(problems.held_out)} held-out problems), {config.max_steps} steps of "
+            f"{config.prompts_per_step}x{config.group_size} samples, output {output_dir}")
+
+    def run_evaluation(step: int) -> None:
+        policy.eval()
+        started = time.time()
+        metrics = evaluate(engine, tokenizer, held_out_prompts, problems.held_out, problems.accuracy_reward,
+                           config.eval_samples, config.temperature, config.max_new_tokens, sampling)
+        metrics["time/eval_seconds"] = time.time() - started
+        logger.log(step, metrics)
+        console(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
+                f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
+                f"({metrics['time/eval_seconds']:.0f}s)")
+        policy.train()
+
+    run_evaluation(0)
+    started_training = time.time()
+    for step in range(1, config.max_steps + 1):
+        step_started = time.time()
+        # ---- 1. sample prompts ----------------------------------------------------------------------
+        examples = problems.next_batch(config.prompts_per_step)  # B problems
+        prompts = encode(examples)
+
+        # ---- 2. generate G completions per prompt -----------------------------------------------------
+        policy.eval()
+        generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, sampling)
+        policy.train()
+        generation_seconds = time.time() - step_started
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
+
+        # ---- 3. rule-based rewards ----------------------------------------------------------------------
+        grouped_examples = [e for e in examples for _ in range(config.group_size)]
+        rewards = scorer(texts, grouped_examples)
+        reward = torch.tensor(rewards.total).view(config.prompts_per_step, config.group_size)  # (B, G)
+
+        # ---- 4. group advantages ------------------------------------------------------------------------
+        advantages = advantage_fn(reward, ADVANTAGE_EPS).flatten()  # (N,)
+        rollout = pack_rollout(prompts, generation.completions, config.group_size, engine.pad_id, advantages, device)
+        chunk = config.microbatch_size or config.minibatch_size or len(rollout.input_ids)
+        if reference is not None:
+            rollout.ref_logprobs = score_logprobs(reference, rollout, chunk)
+        if config.updates_per_batch > 1 or (config.minibatch_size or len(rollout.input_ids)) < len(rollout.input_ids):
+            rollout.old_logprobs = score_logprobs(policy, rollout, chunk)  # the generating policy, frozen
+
+        # ---- 5. policy update -----------------------------------------------------------------------------
+        update = update_policy(policy, optimizer, rollout, config, shuffling)
+        scheduler.step()
+
+        # ---- 6. log -----------------------------------------------------------------------------------
+        seconds = time.time() - step_started
+        lengths = [len(c) for c in generation.completions]
+        metrics = {
+            "reward/mean": float(reward.mean()),
+            **{f"reward/{name}": sum(values) / len(values) for name, values in rewards.components.items()},
+            "response/length_mean": sum(lengths) / len(lengths),
+            "response/truncated_fraction": 1 - sum(generation.stopped) / len(lengths),
+            "kl": update["kl"],
+            "entropy": update["entropy"],
+            "clip_fraction": update["clip_fraction"],
+            "loss": update["loss"],
+            "grad_norm": update["grad_norm"],
+            "skipped_updates": update["skipped_updates"],
+            "zero_std_fraction": float((reward.std(dim=1) == 0).float().mean()) if config.group_size > 1 else 1.0,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "time/step_seconds": seconds,
+            "time/generation_seconds": generation_seconds,
+            "throughput/tokens_per_second": sum(lengths) / seconds,
+        }
+        logger.log(step, metrics)
+        elapsed = time.time() - started_training
+        console(f"step {step:4d}/{config.max_steps}  reward {metrics['reward/mean']:.3f}  "
+                f"accuracy {metrics.get('reward/accuracy', float('nan')):.3f}  "
+                f"format {metrics.get('reward/format', float('nan')):.3f}  len {metrics['response/length_mean']:.1f}  "
+                f"kl {metrics['kl']:.4f}  {seconds:.2f}s/step  "
+                f"eta {elapsed / step * (config.max_steps - step):.0f}s")
+        if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
+            run_evaluation(step)
+
+    # ---- save ---------------------------------------------------------------------------------------------
+    save_model(policy, tokenizer, output_dir / "final")
+    logger.close()
+    console(f"saved {output_dir / 'final'}")
+    return output_dir
+
+
+def save_model(model, tokenizer, destination: Path) -> None:
+    """Write to a temporary folder beside `destination`, then rename: a crash never leaves half a model."""
+    import shutil
+
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)

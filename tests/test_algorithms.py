@@ -1,0 +1,541 @@
+"""Tests for r1zero.algorithms: hand-computed examples, slow loop references, invariances.
+
+    python -m pytest tests/test_algorithms.py -q
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from r1zero.algorithms import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    PolicyLoss,
+    clipped_surrogate_loss,
+    constant_weights,
+    dr_grpo_advantages,
+    entropy_from_logits,
+    grpo_advantages,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    lookup,
+    masked_mean,
+    pass_at_k,
+    reinforce_advantages,
+    rloo_advantages,
+    sequence_weights,
+    token_logprobs,
+    token_weights,
+)
+
+F64 = torch.float64
+
+
+def random_mask(num_sequences: int, num_tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """Right-padded (N, T) mask with random lengths in [0, T], the first row always empty."""
+    lengths = torch.randint(0, num_tokens + 1, (num_sequences,), generator=generator)
+    lengths[0] = 0
+    return (torch.arange(num_tokens)[None, :] < lengths[:, None]).to(F64)  # (N, T)
+
+
+# ----------------------------------------------------------------------------- slow loop references
+
+
+def reference_advantages(rewards: list[list[float]], name: str, eps: float) -> list[list[float]]:
+    """Plain-Python advantages, one group (or, for reinforce, the whole batch) at a time."""
+    everything = [r for group in rewards for r in group]
+    batch_mean = sum(everything) / len(everything)
+    out = []
+    for group in rewards:
+        size = len(group)
+        mean = sum(group) / size
+        row = []
+        for i, r in enumerate(group):
+            if name == "grpo":
+                std = math.sqrt(sum((x - mean) ** 2 for x in group) / (size - 1))
+                row.append((r - mean) / (std + eps))
+            elif name == "dr_grpo":
+                row.append(r - mean)
+            elif name == "rloo":
+                others = [x for j, x in enumerate(group) if j != i]
+                row.append(r - sum(others) / len(others))
+            else:
+                row.append(r - batch_mean)
+        out.append(row)
+    return out
+
+
+def reference_token_logprobs_and_entropy(logits, tokens):
+    """Loops over sequences and tokens, log-softmax by hand with math.exp/math.log."""
+    logprobs, entropies = [], []
+    for n in range(len(logits)):
+        logprob_row, entropy_row = [], []
+        for t in range(len(logits[n])):
+            z = logits[n][t]
+            top = max(z)
+            log_normaliser = top + math.log(sum(math.exp(v - top) for v in z))
+            logprob_row.append(z[tokens[n][t]] - log_normaliser)
+            entropy_row.append(-sum(math.exp(v - log_normaliser) * (v - log_normaliser) for v in z))
+        logprobs.append(logprob_row)
+        entropies.append(entropy_row)
+    return logprobs, entropies
+
+
+def reference_surrogate(logprobs, old_logprobs, advantages, clip_low, clip_high):
+    """Per-token PPO loss and clip flag with math.exp, min and an explicit clamp."""
+    losses, clipped_flags = [], []
+    for n in range(len(logprobs)):
+        loss_row, flag_row = [], []
+        for t in range(len(logprobs[n])):
+            ratio = math.exp(logprobs[n][t] - old_logprobs[n][t])
+            clamped = min(max(ratio, 1 - clip_low), 1 + clip_high)
+            unclipped, clipped = ratio * advantages[n], clamped * advantages[n]
+            loss_row.append(-min(unclipped, clipped))
+            flag_row.append(clipped < unclipped)
+        losses.append(loss_row)
+        clipped_flags.append(flag_row)
+    return losses, clipped_flags
+
+
+def reference_kl(logprobs, ref_logprobs, name):
+    out = []
+    for n in range(len(logprobs)):
+        row = []
+        for t in range(len(logprobs[n])):
+            ratio = math.exp(ref_logprobs[n][t]) / math.exp(logprobs[n][t])  # pi_ref / pi
+            if name == "k1":
+                row.append(-math.log(ratio))
+            elif name == "k2":
+                row.append(0.5 * math.log(ratio) ** 2)
+            else:
+                row.append(ratio - math.log(ratio) - 1)
+        out.append(row)
+    return out
+
+
+def reference_weights(mask, name, max_length):
+    num_sequences = len(mask)
+    total_tokens = sum(sum(row) for row in mask)
+    out = []
+    for row in mask:
+        length = sum(row)
+        weights = []
+        for m in row:
+            if name == "sequence":
+                weights.append(m / length / num_sequences if length > 0 else 0.0)
+            elif name == "token":
+                weights.append(m / total_tokens if total_tokens > 0 else 0.0)
+            else:
+                weights.append(m / (max_length * num_sequences))
+        out.append(weights)
+    return out
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def test_grpo_hand_computed():
+    # group [1, 0, 0, 1]: mean 0.5, unbiased std sqrt((4 * 0.25) / 3) = sqrt(1/3) = 0.5774 -> +-0.8660
+    # group [2, 0, 0, 0]: mean 0.5, unbiased std sqrt((2.25 + 3 * 0.25) / 3) = 1 -> [1.5, -0.5, -0.5, -0.5]
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]], dtype=F64)
+    expected = torch.tensor(
+        [[0.8660254, -0.8660254, -0.8660254, 0.8660254], [1.5, -0.5, -0.5, -0.5]], dtype=F64
+    )
+    assert_close(grpo_advantages(rewards, eps=0.0), expected)
+    # eps 0.1 on the first group: 0.5 / (0.5774 + 0.1) = 0.7382
+    assert grpo_advantages(rewards, eps=0.1)[0, 0].item() == pytest.approx(0.5 / (math.sqrt(1 / 3) + 0.1))
+
+
+def test_dr_grpo_rloo_reinforce_hand_computed():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]], dtype=F64)
+    # Dr. GRPO: r - group mean, means 0.5 and 0.5
+    expected_dr_grpo = torch.tensor([[0.5, -0.5, -0.5, 0.5], [1.5, -0.5, -0.5, -0.5]], dtype=F64)
+    assert_close(dr_grpo_advantages(rewards, 1e-6), expected_dr_grpo)
+    # RLOO, group [1, 0, 0, 1]: r=1 minus mean of others (0+0+1)/3 = 2/3; r=0 minus (1+0+1)/3 -> -2/3
+    # group [2, 0, 0, 0]: 2 - 0 = 2; 0 - 2/3 = -2/3   (= 4/3 * (r - 0.5) in both groups)
+    expected_rloo = torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3], [2.0, -2 / 3, -2 / 3, -2 / 3]], dtype=F64)
+    assert_close(rloo_advantages(rewards, 1e-6), expected_rloo)
+    # REINFORCE: batch mean (1+0+0+1+2+0+0+0)/8 = 0.5
+    assert_close(reinforce_advantages(rewards, 1e-6), rewards - 0.5)
+    # REINFORCE ignores groups: rewards [[1, 0], [1, 1]] have batch mean 0.75
+    assert_close(
+        reinforce_advantages(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 1e-6),
+        torch.tensor([[0.25, -0.75], [0.25, 0.25]]),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+def test_advantages_match_loop_reference(name):
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.randn(5, 6, generator=generator, dtype=F64)  # (B, G)
+    estimator = lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
+    expected = torch.tensor(reference_advantages(rewards.tolist(), name, eps=1e-4), dtype=F64)
+    assert_close(estimator(rewards, 1e-4), expected)
+
+
+def test_rloo_equals_scaled_group_centred_rewards():
+    # G / (G - 1) * (r - mean), with G = 6
+    rewards = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert_close(rloo_advantages(rewards, 0.0), 6 / 5 * (rewards - rewards.mean(dim=1, keepdim=True)))
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.9, 0.1])
+def test_equal_reward_group_gets_exactly_zero(name, value):
+    # float32 mean of [0.9] * 3 or [0.1] * 7 is off by one ulp; GRPO's std division would amplify it
+    for group_size in (3, 7):
+        rewards = torch.full((2, group_size), value)  # (B, G), every group (and the batch) equal
+        advantages = ADVANTAGE_ESTIMATORS[name](rewards, 1e-6)
+        assert torch.equal(advantages, torch.zeros_like(rewards)), advantages
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_equal_group_is_zero_while_other_groups_are_not(name):
+    rewards = torch.tensor([[0.9, 0.9, 0.9], [1.0, 0.0, 0.0]])  # group 0 all equal
+    advantages = ADVANTAGE_ESTIMATORS[name](rewards, 1e-6)
+    assert torch.equal(advantages[0], torch.zeros(3))
+    assert not torch.isnan(advantages).any()
+    assert advantages[1, 0] > 0 > advantages[1, 1]
+
+
+def test_group_size_errors():
+    with pytest.raises(ValueError, match="at least 2 samples per prompt"):
+        grpo_advantages(torch.ones(3, 1), 1e-6)
+    with pytest.raises(ValueError, match="at least 2 samples per prompt"):
+        rloo_advantages(torch.ones(3, 1), 1e-6)
+    with pytest.raises(ValueError, match=r"shape \(B, G\)"):
+        grpo_advantages(torch.ones(6), 1e-6)
+    # G == 1 is fine where no spread is needed: the only sample is its own group mean
+    assert torch.equal(dr_grpo_advantages(torch.tensor([[3.0], [1.0]]), 1e-6), torch.zeros(2, 1))
+    assert_close(reinforce_advantages(torch.tensor([[3.0], [1.0]]), 1e-6), torch.tensor([[1.0], [-1.0]]))
+
+
+def test_integer_rewards_are_accepted():
+    # [1, 0]: mean 0.5, unbiased std sqrt(0.5) = 0.7071 -> +-0.7071
+    advantages = grpo_advantages(torch.tensor([[1, 0]]), 0.0)
+    assert advantages.dtype == torch.float32
+    assert_close(advantages, torch.tensor([[0.70710677, -0.70710677]]))
+
+
+# ----------------------------------------------------------------------------- log-probabilities, entropy
+
+
+def test_token_logprobs_and_entropy_hand_computed():
+    # logits [ln 1, ln 2, ln 3] -> softmax [1/6, 2/6, 3/6]; token 2 -> log(1/2) = -0.6931
+    # entropy -(1/6 ln 1/6 + 1/3 ln 1/3 + 1/2 ln 1/2) = 1.0114; uniform over 3 -> ln 3 = 1.0986
+    logits = torch.tensor([[[0.0, math.log(2), math.log(3)], [5.0, 5.0, 5.0]]])  # (1, 2, 3)
+    tokens = torch.tensor([[2, 0]])  # (1, 2)
+    assert_close(token_logprobs(logits, tokens), torch.tensor([[math.log(0.5), math.log(1 / 3)]]))
+    expected_entropy = -(1 / 6 * math.log(1 / 6) + 1 / 3 * math.log(1 / 3) + 1 / 2 * math.log(1 / 2))
+    assert_close(entropy_from_logits(logits), torch.tensor([[expected_entropy, math.log(3)]]))
+
+
+def test_token_logprobs_and_entropy_match_loop_reference():
+    generator = torch.Generator().manual_seed(2)
+    logits = 3 * torch.randn(3, 4, 7, generator=generator, dtype=F64)  # (N, T, V)
+    tokens = torch.randint(0, 7, (3, 4), generator=generator)  # (N, T)
+    expected_logprobs, expected_entropy = reference_token_logprobs_and_entropy(
+        logits.tolist(), tokens.tolist()
+    )
+    assert_close(token_logprobs(logits, tokens), torch.tensor(expected_logprobs, dtype=F64))
+    assert_close(entropy_from_logits(logits), torch.tensor(expected_entropy, dtype=F64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_token_logprobs_and_entropy_agree_with_log_softmax(dtype):
+    generator = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(4, 5, 50, generator=generator)).to(dtype)  # (N, T, V)
+    tokens = torch.randint(0, 50, (4, 5), generator=generator)  # (N, T)
+    log_softmax = torch.log_softmax(logits.float(), dim=-1)  # (N, T, V), computed in float32
+    logprobs, entropy = token_logprobs(logits, tokens), entropy_from_logits(logits)
+    assert logprobs.dtype == torch.float32 and entropy.dtype == torch.float32
+    assert_close(logprobs, log_softmax.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+    assert_close(entropy, -(log_softmax.exp() * log_softmax).sum(-1))
+
+
+def test_token_logprobs_and_entropy_stay_finite_for_extreme_logits():
+    # logits [1e4, -1e4, 0]: softmax is one-hot on token 0 -> log p(0) = 0, log p(1) = -2e4, entropy 0
+    logits = torch.tensor([[[1e4, -1e4, 0.0], [1e4, -1e4, 0.0]]])  # (1, 2, 3)
+    assert_close(token_logprobs(logits, torch.tensor([[0, 1]])), torch.tensor([[0.0, -2e4]]))
+    assert_close(entropy_from_logits(logits), torch.zeros(1, 2))
+
+
+def test_masked_mean():
+    # real tokens 1, 2 and 4 -> 7/3; padding values 3, 5, 6 are ignored
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert masked_mean(values, mask).item() == pytest.approx(7 / 3)
+    assert masked_mean(values, torch.zeros(2, 3)).item() == 0.0  # no tokens: 0, not NaN
+    generator = torch.Generator().manual_seed(4)
+    values, mask = torch.randn(5, 6, generator=generator, dtype=F64), random_mask(5, 6, generator)
+    pairs = [(v, m) for vr, mr in zip(values.tolist(), mask.tolist()) for v, m in zip(vr, mr)]
+    slow = sum(v * m for v, m in pairs) / sum(m for _, m in pairs)
+    assert masked_mean(values, mask).item() == pytest.approx(slow)
+
+
+# ----------------------------------------------------------------------------- policy loss
+
+
+def surrogate_for_ratios(ratios, advantages, clip_low, clip_high) -> PolicyLoss:
+    """One sequence, one token per ratio, old log-probabilities 0 so that exp(logprobs) = ratio."""
+    logprobs = torch.tensor([[math.log(r) for r in ratios]], dtype=F64, requires_grad=True)  # (1, T)
+    old_logprobs = torch.zeros_like(logprobs)  # (1, T)
+    advantages = torch.tensor([advantages], dtype=F64)  # (1,)
+    result = clipped_surrogate_loss(logprobs, old_logprobs, advantages, clip_low, clip_high)
+    result.per_token_loss.sum().backward()
+    return result, logprobs.grad
+
+
+def test_clipped_surrogate_symmetric_clip_hand_computed():
+    # clip 0.2 both sides, range [0.8, 1.2]; the loss is -min(ratio * A, clip(ratio) * A)
+    # ratio 1.5, A=+1: clipped 1.2 < unclipped 1.5 -> loss -1.2, is_clipped, gradient 0
+    # ratio 0.5, A=+1: clipped 0.8 > unclipped 0.5 -> loss -0.5, not clipped, d/dlogp = -A * ratio = -0.5
+    # ratio 0.5, A=-1: clipped -0.8 < unclipped -0.5 -> loss 0.8, is_clipped, gradient 0
+    # ratio 1.5, A=-1: clipped -1.2 > unclipped -1.5 -> loss 1.5, not clipped, gradient -A * ratio = 1.5
+    # ratio 1.1, A=+1: inside the range -> loss -1.1, not clipped, gradient -1.1
+    # ratio 3.0, A=0: both terms 0 -> loss 0, not clipped
+    for ratio, advantage, loss, clipped, gradient in [
+        (1.5, 1.0, -1.2, True, 0.0),
+        (0.5, 1.0, -0.5, False, -0.5),
+        (0.5, -1.0, 0.8, True, 0.0),
+        (1.5, -1.0, 1.5, False, 1.5),
+        (1.1, 1.0, -1.1, False, -1.1),
+        (3.0, 0.0, 0.0, False, 0.0),
+    ]:
+        result, grad = surrogate_for_ratios([ratio], advantage, clip_low=0.2, clip_high=0.2)
+        assert result.per_token_loss.item() == pytest.approx(loss), (ratio, advantage)
+        assert result.ratio.item() == pytest.approx(ratio)
+        assert result.is_clipped.item() is clipped, (ratio, advantage)
+        assert grad.item() == pytest.approx(gradient, abs=1e-12), (ratio, advantage)
+
+
+def test_clipped_surrogate_asymmetric_clip_higher():
+    # DAPO clip-higher: clip_low 0.2, clip_high 0.28, range [0.8, 1.28]
+    # ratio 1.25, A=+1: inside (would be clipped to 1.2 by symmetric 0.2) -> loss -1.25, not clipped
+    # ratio 1.30, A=+1: clipped term 1.28 < 1.30 -> loss -1.28, is_clipped
+    # ratio 0.75, A=-1: clipped term -0.8 < -0.75 -> loss 0.8, is_clipped
+    # ratio 0.85, A=-1: inside -> loss 0.85, not clipped
+    # ratio 1.30, A=-1: clipped term -1.28 > -1.30 -> loss 1.30, not clipped (upper clip binds only for A > 0)
+    for ratio, advantage, loss, clipped in [
+        (1.25, 1.0, -1.25, False),
+        (1.30, 1.0, -1.28, True),
+        (0.75, -1.0, 0.8, True),
+        (0.85, -1.0, 0.85, False),
+        (1.30, -1.0, 1.30, False),
+    ]:
+        result, _ = surrogate_for_ratios([ratio], advantage, clip_low=0.2, clip_high=0.28)
+        assert result.per_token_loss.item() == pytest.approx(loss), (ratio, advantage)
+        assert result.is_clipped.item() is clipped, (ratio, advantage)
+
+
+def test_clipped_surrogate_matches_loop_reference_and_broadcasts():
+    generator = torch.Generator().manual_seed(5)
+    logprobs = -torch.rand(6, 5, generator=generator, dtype=F64) * 3  # (N, T)
+    old_logprobs = logprobs + 0.4 * torch.randn(6, 5, generator=generator, dtype=F64)  # ratios ~ e^(+-0.4)
+    advantages = torch.randn(6, generator=generator, dtype=F64)  # (N,)
+    result = clipped_surrogate_loss(logprobs, old_logprobs, advantages, 0.2, 0.28)
+    losses, flags = reference_surrogate(
+        logprobs.tolist(), old_logprobs.tolist(), advantages.tolist(), clip_low=0.2, clip_high=0.28
+    )
+    assert_close(result.per_token_loss, torch.tensor(losses, dtype=F64))
+    assert torch.equal(result.is_clipped, torch.tensor(flags))
+    assert 0 < result.is_clipped.sum() < result.is_clipped.numel()  # both kinds of token present
+    per_token = clipped_surrogate_loss(logprobs, old_logprobs, advantages[:, None].expand(6, 5), 0.2, 0.28)
+    assert_close(per_token.per_token_loss, result.per_token_loss)
+
+
+def test_clip_range_validation():
+    x = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match="clip_low"):
+        clipped_surrogate_loss(x, x, torch.ones(1), 1.0, 0.2)
+    with pytest.raises(ValueError, match="clip_high"):
+        clipped_surrogate_loss(x, x, torch.ones(1), 0.2, -0.1)
+
+
+# ----------------------------------------------------------------------------- KL estimators
+
+
+def test_kl_estimators_hand_computed():
+    # pi = 0.5, pi_ref = 0.25: log-ratio log(pi / pi_ref) = ln 2 = 0.6931
+    # k1 = ln 2; k2 = 0.5 * ln(2)^2 = 0.2402; k3 = pi_ref/pi - ln(pi_ref/pi) - 1 = 0.5 + ln 2 - 1 = 0.1931
+    logprobs, ref_logprobs = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    assert kl_k1(logprobs, ref_logprobs).item() == pytest.approx(math.log(2))
+    assert kl_k2(logprobs, ref_logprobs).item() == pytest.approx(0.5 * math.log(2) ** 2)
+    assert kl_k3(logprobs, ref_logprobs).item() == pytest.approx(0.5 + math.log(2) - 1)
+
+
+@pytest.mark.parametrize("name", sorted(KL_ESTIMATORS))
+def test_kl_estimators_match_loop_reference(name):
+    generator = torch.Generator().manual_seed(6)
+    logprobs = -3 * torch.rand(4, 5, generator=generator, dtype=F64)  # (N, T)
+    ref_logprobs = -3 * torch.rand(4, 5, generator=generator, dtype=F64)  # (N, T)
+    expected = torch.tensor(reference_kl(logprobs.tolist(), ref_logprobs.tolist(), name), dtype=F64)
+    assert_close(lookup(KL_ESTIMATORS, name, "KL estimator")(logprobs, ref_logprobs), expected)
+
+
+@pytest.mark.parametrize("name", sorted(KL_ESTIMATORS))
+def test_kl_estimators_are_zero_when_policies_agree(name):
+    logprobs = -3 * torch.rand(4, 5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(KL_ESTIMATORS[name](logprobs, logprobs.clone()), torch.zeros(4, 5))
+
+
+def test_k3_is_non_negative():
+    generator = torch.Generator().manual_seed(8)
+    logprobs = -10 * torch.rand(50, 40, generator=generator)  # (N, T)
+    ref_logprobs = -10 * torch.rand(50, 40, generator=generator)  # (N, T), log-ratios in (-10, 10)
+    assert (kl_k3(logprobs, ref_logprobs) >= 0).all()
+    assert (kl_k1(logprobs, ref_logprobs) < 0).any()  # k1 alone can go negative
+
+
+def test_k1_and_k3_are_unbiased_k2_is_not():
+    # Over a 3-token vocabulary, sum_x pi(x) * k(x) is the exact expectation under pi:
+    # KL(pi || pi_ref) for pi = [0.7, 0.2, 0.1], pi_ref = [0.2, 0.3, 0.5]
+    #   = 0.7 ln 3.5 + 0.2 ln(2/3) + 0.1 ln 0.2 = 0.8769 - 0.0811 - 0.1609 = 0.6349
+    pi, pi_ref = torch.tensor([0.7, 0.2, 0.1], dtype=F64), torch.tensor([0.2, 0.3, 0.5], dtype=F64)
+    exact = (pi * (pi / pi_ref).log()).sum()
+    assert exact.item() == pytest.approx(0.7 * math.log(3.5) + 0.2 * math.log(2 / 3) + 0.1 * math.log(0.2))
+    logprobs, ref_logprobs = pi.log()[None, :], pi_ref.log()[None, :]  # (1, 3): every token once
+    assert_close((pi * kl_k1(logprobs, ref_logprobs)).sum(), exact)
+    assert_close((pi * kl_k3(logprobs, ref_logprobs)).sum(), exact)
+    assert abs((pi * kl_k2(logprobs, ref_logprobs)).sum() - exact) > 0.05
+
+
+# ----------------------------------------------------------------------------- loss aggregation
+
+
+def test_loss_aggregation_hand_computed():
+    # lengths 3, 1, 0 with N = 3, max_length 4
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # sequence: 1 / 3 / 3 = 1/9 on row 0, 1 / 1 / 3 = 1/3 on row 1, row 2 empty but counted in N
+    expected_sequence = torch.tensor(
+        [[1 / 9, 1 / 9, 1 / 9, 0.0], [1 / 3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    assert_close(sequence_weights(mask, 4), expected_sequence)
+    # token: 4 real tokens -> 1/4 each
+    assert_close(token_weights(mask, 4), mask / 4)
+    # constant: 1 / (4 * 3) = 1/12 each
+    assert_close(constant_weights(mask, 4), mask / 12)
+    for name in LOSS_AGGREGATIONS:
+        assert torch.isfinite(LOSS_AGGREGATIONS[name](torch.zeros(2, 3), 3)).all()  # no tokens at all
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_AGGREGATIONS))
+def test_loss_aggregation_matches_loop_reference(name):
+    mask = random_mask(7, 6, torch.Generator().manual_seed(9))
+    expected = torch.tensor(reference_weights(mask.tolist(), name, max_length=6), dtype=F64)
+    assert_close(lookup(LOSS_AGGREGATIONS, name, "loss aggregation")(mask, 6), expected)
+
+
+def test_constant_weights_need_positive_max_length():
+    with pytest.raises(ValueError, match="max_length > 0"):
+        constant_weights(torch.ones(2, 3), 0)
+
+
+def micro_batch_gradient(name: str, chunk_size: int | None, recompute_weights: bool = False):
+    """Gradient of sum(per_token_loss * w) + beta * sum(k3 * w) for a Linear policy, split in chunks."""
+    generator = torch.Generator().manual_seed(10)
+    num_sequences, num_tokens, features, vocab, beta = 6, 5, 4, 7, 0.04
+    model = torch.nn.Linear(features, vocab).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(vocab, features, generator=generator))
+        model.bias.copy_(torch.randn(vocab, generator=generator))
+    inputs = torch.randn(num_sequences, num_tokens, features, generator=generator, dtype=F64)  # (N, T, F)
+    tokens = torch.randint(0, vocab, (num_sequences, num_tokens), generator=generator)  # (N, T)
+    mask = random_mask(num_sequences, num_tokens, generator)  # (N, T)
+    with torch.no_grad():
+        current = token_logprobs(model(inputs), tokens)  # (N, T)
+    noise = 0.3 * torch.randn(2, num_sequences, num_tokens, generator=generator, dtype=F64)  # (2, N, T)
+    old_logprobs, ref_logprobs = current + noise[0], current + noise[1]  # (N, T) each
+    advantages = torch.randn(num_sequences, generator=generator, dtype=F64)  # (N,)
+    weights = LOSS_AGGREGATIONS[name](mask, num_tokens)  # (N, T), computed once on the full minibatch
+
+    total_loss = 0.0
+    for rows in torch.arange(num_sequences).split(chunk_size or num_sequences):
+        if recompute_weights:  # the mistake the invariance rules out
+            chunk_weights = LOSS_AGGREGATIONS[name](mask[rows], num_tokens)  # (n, T)
+        else:
+            chunk_weights = weights[rows]  # (n, T)
+        logprobs = token_logprobs(model(inputs[rows]), tokens[rows])  # (n, T)
+        policy = clipped_surrogate_loss(logprobs, old_logprobs[rows], advantages[rows], 0.2, 0.28)
+        kl = kl_k3(logprobs, ref_logprobs[rows])  # (n, T)
+        loss = (policy.per_token_loss * chunk_weights).sum() + beta * (kl * chunk_weights).sum()
+        loss.backward()  # gradients accumulate over micro-batches
+        total_loss += loss.item()
+    return total_loss, torch.cat([model.weight.grad.flatten(), model.bias.grad])
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_AGGREGATIONS))
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4])  # 4 leaves an uneven last chunk of 2
+def test_micro_batching_does_not_change_loss_or_gradient(name, chunk_size):
+    full_loss, full_gradient = micro_batch_gradient(name, chunk_size=None)
+    chunked_loss, chunked_gradient = micro_batch_gradient(name, chunk_size=chunk_size)
+    assert full_gradient.abs().sum() > 0
+    assert chunked_loss == pytest.approx(full_loss, abs=1e-10)
+    assert_close(chunked_gradient, full_gradient, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["sequence", "token"])
+def test_recomputing_weights_per_micro_batch_would_change_the_gradient(name):
+    # the invariance above holds only because the weights are sliced, not recomputed per chunk
+    _, full_gradient = micro_batch_gradient(name, chunk_size=None)
+    _, wrong_gradient = micro_batch_gradient(name, chunk_size=2, recompute_weights=True)
+    assert (wrong_gradient - full_gradient).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- pass@k
+
+
+def test_pass_at_k_hand_computed():
+    # n=5, c=2, k=2: 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    # n=10, c=3, k=1: the fraction correct, 0.3
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    # n=4, c=1, k=2: 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(5, 0, 3) == 0.0  # nothing correct
+    assert pass_at_k(5, 4, 2) == 1.0  # n - c = 1 < k: every pair holds a correct sample
+
+
+def test_pass_at_k_matches_enumeration_of_all_subsets():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            correct = [i < c for i in range(n)]
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(correct, k))
+                brute_force = sum(any(subset) for subset in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(brute_force, abs=1e-12), (n, c, k)
+                closed_form = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(closed_form, abs=1e-12)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    # C(2000, 1000) ~ 2e600 overflows a float; the product form does not.
+    # n=2000, c=1, k=1000: 1 - C(1999, 1000)/C(2000, 1000) = 1 - 1000/2000 = 0.5
+    assert pass_at_k(2000, 1, 1000) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 2, 6), (5, 6, 1), (-1, 0, 1), (5, -1, 1), (5, 2, 0)])
+def test_pass_at_k_rejects_invalid_arguments(n, c, k):
+    with pytest.raises(ValueError, match="pass_at_k needs"):
+        pass_at_k(n, c, k)
+
+
+# ----------------------------------------------------------------------------- lookup
+
+
+def test_lookup_returns_entry_and_lists_valid_names():
+    assert lookup(ADVANTAGE_ESTIMATORS, "grpo", "advantage estimator") is grpo_advantages
+    with pytest.raises(ValueError) as error:
+        lookup(ADVANTAGE_ESTIMATORS, "gpro", "advantage estimator")
+    assert str(error.value) == "unknown advantage estimator 'gpro'; valid: dr_grpo, grpo, reinforce, rloo"
+    with pytest.raises(ValueError, match="valid: k1, k2, k3"):
+        lookup(KL_ESTIMATORS, "k4", "KL estimator")
+    with pytest.raises(ValueError, match="valid: constant, sequence, token"):
+        lookup(LOSS_AGGREGATIONS, "seq", "loss aggregation")
