@@ -27,7 +27,10 @@ def test_good_file_round_trips(tmp_path):
     assert load_jsonl_examples(path) == [
         Example(id="data.jsonl:1", prompt="What is 3 + 5?", answer="8", metadata={}),
         Example(
-            id="data.jsonl:3", prompt="Simplify 2/4.", answer="\\frac{1}{2}", metadata={"source": "sheet 3", "level": 2}
+            id="data.jsonl:3",
+            prompt="Simplify 2/4.",
+            answer="\\frac{1}{2}",
+            metadata={"source": "sheet 3", "level": 2},
         ),
         Example(id="data.jsonl:4", prompt="What is 9 + 8?", answer="17", metadata={"id": "mine"}),
         Example(id="data.jsonl:5", prompt="Half of one?", answer="0.5", metadata={"tags": ["easy"], "extra": None}),
@@ -35,7 +38,8 @@ def test_good_file_round_trips(tmp_path):
 
 
 def test_other_field_names_and_byte_order_mark(tmp_path):
-    path = write(tmp_path, b"\xef\xbb\xbf" + '{"question": "Q?", "solution": "42", "prompt": "kept"}'.encode(), "gsm.jsonl")
+    row = '{"question": "Q?", "solution": "42", "prompt": "kept"}'
+    path = write(tmp_path, b"\xef\xbb\xbf" + row.encode(), "gsm.jsonl")
     assert load_jsonl_examples(str(path), prompt_field="question", answer_field="solution") == [
         Example(id="gsm.jsonl:1", prompt="Q?", answer="42", metadata={"prompt": "kept"})
     ]
@@ -43,41 +47,41 @@ def test_other_field_names_and_byte_order_mark(tmp_path):
 
 GOOD = '{"prompt": "What is 3 + 5?", "answer": "8"}\n'
 
-# content, then the parts the message must contain (besides the file name), e.g. the row and field.
-ERROR_CASES = [
-    pytest.param(GOOD.encode() + b'{"prompt": "caf\xe9", "answer": "1"}\n', [":2:", "not UTF-8", "byte 16"], id="latin-1 byte"),  # 1-based, like JSON columns
-    pytest.param(GOOD + GOOD + '{"prompt": "x", "answer": }\n', [":3:", "not valid JSON", "Expecting value"], id="bad json"),
-    pytest.param(GOOD + '{"prompt": "x" "answer": "1"}\n', [":2:", "Expecting ',' delimiter", "column 16"], id="missing comma"),
-    pytest.param('["What is 3 + 5?", "8"]\n', [":1:", "JSON array", "JSON object"], id="row is an array"),
-    pytest.param('"What is 3 + 5?"\n', [":1:", "JSON string", "JSON object"], id="row is a string"),
-    pytest.param(
+# id -> (file content, the parts the message must contain besides the file name: row, field, fix)
+ERROR_CASES = {
+    "latin-1 byte": (
+        GOOD.encode() + b'{"prompt": "caf\xe9", "answer": "1"}\n',
+        [":2:", "not UTF-8", "byte 16"],  # 1-based, like JSON columns
+    ),
+    "bad json": (GOOD + GOOD + '{"prompt": "x", "answer": }\n', [":3:", "not valid JSON", "Expecting value"]),
+    "missing comma": (GOOD + '{"prompt": "x" "answer": "1"}\n', [":2:", "Expecting ',' delimiter", "column 16"]),
+    "row is an array": ('["What is 3 + 5?", "8"]\n', [":1:", "JSON array", "JSON object"]),
+    "row is a string": ('"What is 3 + 5?"\n', [":1:", "JSON string", "JSON object"]),
+    "missing prompt": (
         GOOD + '{"question": "x", "answer": "1"}\n',
         [":2:", "missing field 'prompt'", "has fields: 'question', 'answer'", "prompt_field"],
-        id="missing prompt",
     ),
-    pytest.param(
+    "missing answer": (
         GOOD + '{"prompt": "x", "solution": "1"}\n',
         [":2:", "missing field 'answer'", "has fields: 'prompt', 'solution'"],
-        id="missing answer",
     ),
-    pytest.param("{}\n", [":1:", "missing field 'prompt'", "has fields: none"], id="empty object"),
-    pytest.param(GOOD + '{"prompt": "", "answer": "1"}\n', [":2:", "field 'prompt' is empty"], id="empty prompt"),
-    pytest.param(GOOD + '{"prompt": "x", "answer": "  "}\n', [":2:", "field 'answer' is empty"], id="blank answer"),
-    pytest.param(
+    "empty object": ("{}\n", [":1:", "missing field 'prompt'", "has fields: none"]),
+    "empty prompt": (GOOD + '{"prompt": "", "answer": "1"}\n', [":2:", "field 'prompt' is empty"]),
+    "blank answer": (GOOD + '{"prompt": "x", "answer": "  "}\n', [":2:", "field 'answer' is empty"]),
+    "null answer": (
         GOOD + '{"prompt": "x", "answer": null}\n',
         [":2:", "field 'answer' is a JSON null", "non-empty string or a number"],
-        id="null answer",
     ),
-    pytest.param(GOOD + '{"prompt": "x", "answer": true}\n', [":2:", "field 'answer' is a JSON boolean"], id="bool answer"),
-    pytest.param(GOOD + '{"prompt": ["x"], "answer": "1"}\n', [":2:", "field 'prompt' is a JSON array"], id="list prompt"),
-    pytest.param(GOOD + '{"prompt": {"q": 1}, "answer": "1"}\n', [":2:", "field 'prompt' is a JSON object"], id="dict prompt"),
-    pytest.param(GOOD + '{"prompt": "x", "answer": NaN}\n', [":2:", "field 'answer' is nan", "finite number"], id="nan answer"),
-    pytest.param("", ["no examples"], id="empty file"),
-    pytest.param("\n  \n\n", ["no examples", "blank lines"], id="only blank lines"),
-]
+    "bool answer": (GOOD + '{"prompt": "x", "answer": true}\n', [":2:", "field 'answer' is a JSON boolean"]),
+    "list prompt": (GOOD + '{"prompt": ["x"], "answer": "1"}\n', [":2:", "field 'prompt' is a JSON array"]),
+    "dict prompt": (GOOD + '{"prompt": {"q": 1}, "answer": "1"}\n', [":2:", "field 'prompt' is a JSON object"]),
+    "nan answer": (GOOD + '{"prompt": "x", "answer": NaN}\n', [":2:", "field 'answer' is nan", "finite number"]),
+    "empty file": ("", ["no examples"]),
+    "only blank lines": ("\n  \n\n", ["no examples", "blank lines"]),
+}
 
 
-@pytest.mark.parametrize("content, message_parts", ERROR_CASES)
+@pytest.mark.parametrize("content, message_parts", ERROR_CASES.values(), ids=ERROR_CASES.keys())
 def test_errors_name_file_row_and_field(tmp_path, content, message_parts):
     path = write(tmp_path, content)
     with pytest.raises(DataError) as error:

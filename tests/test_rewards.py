@@ -50,7 +50,7 @@ FORMAT_CASES = [
     ("\n  <think>\n3 + 5 = 8\n</think>\n\n<answer>\n8\n</answer>\n  ", 1.0),  # surrounding whitespace
     ("<think> a < b and b > c </think> <answer> a < c </answer>", 1.0),  # < and > alone are not tags
     ("<think> x < think > y </think> <answer> 8 </answer>", 1.0),  # "< think >" is text, not a tag
-    pytest.param(f"<think>{HUGE_THOUGHT}</think> <answer> 8 </answer>", 1.0, id="huge-think"),  # long is fine, and fast
+    pytest.param(f"<think>{HUGE_THOUGHT}</think> <answer> 8 </answer>", 1.0, id="huge-think"),  # long is fine
     # --- missing or misplaced blocks
     ("<answer> 8 </answer>", 0.0),  # missing think
     ("<think> 3 + 5 = 8 </think>", 0.0),  # missing answer
@@ -247,7 +247,11 @@ def test_scorer_empty_batch():
 @pytest.mark.parametrize(
     "weights, accuracy_function, message",
     [
-        ({"acuracy": 1.0}, "integer", "unknown reward component 'acuracy'; valid components: accuracy, format, integer, math"),
+        (
+            {"acuracy": 1.0},
+            "integer",
+            "unknown reward component 'acuracy'; valid components: accuracy, format, integer, math",
+        ),
         ({"accuracy": 1.0}, "exact", "unknown reward function 'exact'; valid names: format, integer, math"),
         ({}, "integer", "reward weights are empty"),
     ],

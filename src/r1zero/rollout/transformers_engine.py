@@ -45,41 +45,50 @@ class TransformersEngine:
         temperature: float,
         generator: torch.Generator | None = None,
     ) -> Generation:
+        """Prefill each prompt once and share its KV cache among its G samples; drop rows as they finish."""
         from transformers import DynamicCache
 
         device = self.model.device
-        rows = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (N, P)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, P)
-        for index, row in enumerate(rows):
-            input_ids[index, width - len(row):] = torch.tensor(row)
-            attention_mask[index, width - len(row):] = 1
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, P)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, P)
+        for index, prompt in enumerate(prompts):
+            input_ids[index, width - len(prompt):] = torch.tensor(prompt)
+            attention_mask[index, width - len(prompt):] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
 
         cache = DynamicCache()
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=cache, use_cache=True).logits[:, -1]  # (N, V)
-        next_position = position_ids[:, -1:] + 1  # (N, 1)
-        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)  # (N,)
-        generated: list[list[int]] = [[] for _ in rows]
-        stopped = [False] * len(rows)
+                            past_key_values=cache, use_cache=True).logits[:, -1]  # (B, V)
+        logits = logits.repeat_interleave(samples_per_prompt, dim=0)  # (N, V)
+        cache.batch_repeat_interleave(samples_per_prompt)
+        attention_mask = attention_mask.repeat_interleave(samples_per_prompt, dim=0)  # (N, P)
+        next_position = position_ids[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1  # (N, 1)
+
+        rows = len(prompts) * samples_per_prompt
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        stopped = [False] * rows
+        active = list(range(rows))  # original row of each row still in the batch
         for _ in range(max_new_tokens):
-            token = self._sample(logits, temperature, generator)  # (N,)
-            token = torch.where(finished, torch.full_like(token, self.pad_id), token)
-            for index, value in enumerate(token.tolist()):
-                if finished[index]:
-                    continue
-                generated[index].append(value)
+            token = self._sample(logits, temperature, generator)  # (n,) n = rows still active
+            keep = []
+            for position, (row, value) in enumerate(zip(active, token.tolist())):
+                generated[row].append(value)
                 if value in self.eos_ids or value == self.stop_token or (
-                        self.stop_token is None and self._ends_with_stop(generated[index])):
-                    stopped[index] = True
-            finished = torch.tensor(stopped, device=device)
-            if finished.all():
+                        self.stop_token is None and self._ends_with_stop(generated[row])):
+                    stopped[row] = True
+                else:
+                    keep.append(position)
+            if not keep:
                 break
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (N, P+t)
+            if len(keep) < len(active):  # drop finished rows from the batch and the cache
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                token, attention_mask, next_position = token[index], attention_mask[index], next_position[index]
+                active = [active[position] for position in keep]
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (n, P+t)
             logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                                past_key_values=cache, use_cache=True).logits[:, -1]  # (N, V)
+                                past_key_values=cache, use_cache=True).logits[:, -1]  # (n, V)
             next_position = next_position + 1
         return Generation(completions=generated, stopped=stopped)

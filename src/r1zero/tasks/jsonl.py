@@ -24,7 +24,9 @@ class DataError(ValueError):
     """A data file that cannot be loaded; the message names the file, the row and the fix."""
 
 
-def load_jsonl_examples(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer") -> list[Example]:
+def load_jsonl_examples(
+    path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer"
+) -> list[Example]:
     """The examples of a JSONL file, in file order.
 
     Each non-blank line is a JSON object with a prompt_field and an answer_field, each a non-empty
