@@ -5,6 +5,8 @@ Shapes: N = B*G rows, P = longest prompt (left-padded), t = tokens generated so 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from r1zero.rollout import Generation
@@ -26,6 +28,9 @@ class TransformersEngine:
         # One token: compare ids. Several: decode the tail of each row (token boundaries vary with context).
         self.stop_token = stop_ids[0] if len(stop_ids) == 1 else None
         self.tail_tokens = len(stop_ids) + 2
+        # transformers 5.x renamed the forward argument `past_key_values` to `cache`.
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         if temperature == 0:
@@ -60,7 +65,7 @@ class TransformersEngine:
 
         cache = DynamicCache()
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=cache, use_cache=True).logits[:, -1]  # (B, V)
+                            use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (B, V)
         logits = logits.repeat_interleave(samples_per_prompt, dim=0)  # (N, V)
         cache.batch_repeat_interleave(samples_per_prompt)
         attention_mask = attention_mask.repeat_interleave(samples_per_prompt, dim=0)  # (N, P)
@@ -89,6 +94,6 @@ class TransformersEngine:
                 active = [active[position] for position in keep]
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (n, P+t)
             logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                                past_key_values=cache, use_cache=True).logits[:, -1]  # (n, V)
+                                use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
             next_position = next_position + 1
         return Generation(completions=generated, stopped=stopped)
