@@ -7,11 +7,12 @@ plays the part of web text for a real base model: it holds knowledge and habits,
 the prompt template. Its documents, in proportions set by CORPUS_MIX:
 
   facts     two-number additions as plain text            "12 + 7 = 19 ."
-  notes     running sums of training-split lists, plain   "3 + 5 + 2 : 3 + 5 = 8 . 8 + 2 = 10 ."
-            text with no tags and no template (notes on a held-out list never occur: checked)
-  dialogues the R1-Zero template around OTHER questions   "... User: What is the largest of 3 8 2. Assistant:
-            (largest, smallest, last, count of a list),      <think> 3 or 8 is 8 . 8 or 2 is 8 . </think>
-            answered in the tag format only sometimes        <answer> 8 </answer>"
+  notes     sums of training-split lists worked out left   "3 + 5 + 2 = 8 + 2 = 10 ."
+            to right, plain text with no tags and no template (a held-out list never occurs: checked)
+  dialogues the R1-Zero template around OTHER questions   "... User: What is 3 max 8 max 2. Assistant: <think>
+            (max, min, last or count of a list), answered    3 max 8 max 2 = 8 max 2 = 8 </think> <answer> 8
+            in the tag format 60% of the time, with only     </answer>"
+            the answer tag 20%, and bare 20%
 
 So the base model knows addition facts, has seen running sums, and has seen the tag format used for other
 questions with a step-by-step fold inside <think>. It has never seen a sum question inside the template nor a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import random
 import time
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from r1zero.templates import R1_ZERO_TEMPLATE
 THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-CORPUS_MIX = {"facts": 0.25, "notes": 0.25, "dialogues": 0.5}
+CORPUS_MIX = {"facts": 0.3, "notes": 0.3, "dialogues": 0.4}
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"
 
 
@@ -54,45 +56,34 @@ def fact_document(rng: random.Random) -> str:
     return " ".join(lines)
 
 
-def running_sum_steps(numbers: tuple[int, ...]) -> str:
-    """ "3 + 5 = 8 . 8 + 2 = 10 ." for (3, 5, 2)."""
-    steps, total = [], numbers[0]
-    for number in numbers[1:]:
-        steps.append(f"{total} + {number} = {total + number} .")
-        total += number
-    return " ".join(steps)
+def reduction_chain(numbers: tuple[int, ...] | list[int], operator: str = "+", combine=operator.add) -> str:
+    """Evaluate left to right, rewriting the expression each time: (3, 5, 2) -> "3 + 5 + 2 = 8 + 2 = 10"."""
+    numbers = list(numbers)
+    lines = [f" {operator} ".join(map(str, numbers))]
+    while len(numbers) > 1:
+        numbers = [combine(numbers[0], numbers[1])] + numbers[2:]
+        lines.append(f" {operator} ".join(map(str, numbers)))
+    return " = ".join(lines)
 
 
 def note_document(rng: random.Random) -> str:
-    """Running sums of a training-split list, as plain text."""
-    numbers = sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))
-    return " + ".join(map(str, numbers)) + " : " + running_sum_steps(numbers)
-
-
-def _fold_steps(numbers: list[int], word: str, pick) -> tuple[str, int]:
-    steps, best = [], numbers[0]
-    for number in numbers[1:]:
-        new = pick(best, number)
-        steps.append(f"{best} {word} {number} is {new} .")
-        best = new
-    return " ".join(steps), best
+    """A sum of a training-split list worked out step by step, as plain text."""
+    return reduction_chain(sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))) + " ."
 
 
 def dialogue_document(rng: random.Random) -> str:
     """The template around a question that is not a sum, answered in one of several styles."""
     numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
-    listed = " ".join(map(str, numbers))
-    kind = rng.choice(["largest", "smallest", "last", "count"])
-    if kind == "largest":
-        text, thinking = f"What is the largest of {listed}", None
-        thinking, answer = _fold_steps(numbers, "or", max)
-    elif kind == "smallest":
-        text = f"What is the smallest of {listed}"
-        thinking, answer = _fold_steps(numbers, "or", min)
-    elif kind == "last":
-        text, thinking, answer = f"What is the last of {listed}", f"the list is {listed} .", numbers[-1]
+    kind = rng.choice(["max", "min", "last", "count"])
+    if kind in ("max", "min"):
+        text = "What is " + f" {kind} ".join(map(str, numbers))
+        thinking = reduction_chain(numbers, kind, max if kind == "max" else min)
+        answer = max(numbers) if kind == "max" else min(numbers)
     else:
-        text, thinking, answer = f"How many numbers are in {listed}", f"the list is {listed} .", len(numbers)
+        listed = " ".join(map(str, numbers))
+        text = f"What is the {kind} of {listed}"
+        answer = numbers[-1] if kind == "last" else len(numbers)
+        thinking = f"{listed} : the {kind} is {answer}"
     style = rng.random()
     if style < 0.6:
         reply = f"<think> {thinking} </think> <answer> {answer} </answer>"
@@ -114,12 +105,13 @@ def build_corpus(num_documents: int, seed: int) -> list[str]:
 
 
 def assert_no_held_out_problem(corpus: list[str]) -> None:
-    """Fail loudly if any held-out tuple's running sum appears in the corpus."""
+    """Fail loudly if any held-out tuple's sum appears in the corpus."""
     for document in corpus:
-        if " : " in document and "<think>" not in document:
-            numbers = tuple(int(x) for x in document.split(" : ")[0].split(" + "))
-            if len(numbers) >= sums.MIN_TERMS and sums.is_held_out(numbers):
-                raise AssertionError(f"held-out problem {numbers} leaked into the corpus: {document!r}")
+        if "<think>" not in document:
+            for statement in document.split(" . "):
+                numbers = tuple(int(x) for x in statement.split(" = ")[0].split(" + "))
+                if len(numbers) >= sums.MIN_TERMS and sums.is_held_out(numbers):
+                    raise AssertionError(f"held-out problem {numbers} leaked into the corpus: {document!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +160,7 @@ class PretrainSettings:
     """Tokens per packed training sequence."""
     batch_size: int = 32
     """Packed sequences per optimiser step."""
-    steps: int = 1200
+    steps: int = 1000
     """Optimiser steps (about 15 passes over the corpus)."""
     learning_rate: float = 3e-3
     """Peak AdamW learning rate, linear warm-up for 5% of the steps then cosine decay to 10%."""
