@@ -2,6 +2,7 @@
 
     r1zero train [--config recipes/NAME.yaml] [--any-setting VALUE ...]
     r1zero eval --model DIR [--task NAME | --dataset FILE] [--samples K] [--output FILE.json]
+    r1zero report DIR
     r1zero pretrain [--output-dir DIR]
 
 Every `train` flag is generated from r1zero.config.TrainConfig (its field docstrings are the help text).
@@ -63,16 +64,17 @@ def command_train(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from r1zero.evaluation import evaluate
+    from r1zero.evaluation import evaluate, plain_metrics
     from r1zero.models import load_model, load_tokenizer, resolve_device, resolve_model_path
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.tasks import load_problems
     from r1zero.templates import STOP_STRING, build_prompt
 
-    probe = TrainConfig(model=args.model, task=args.task, dataset=None, eval_dataset=None)
+    task = args.task or "sums"
+    probe = TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None, eval_samples=args.samples)
     probe.validate()
-    problems = load_problems(args.task, None, args.dataset, args.problems, args.seed) if args.dataset is None \
-        else load_problems(args.task, args.dataset, args.dataset, args.problems, args.seed)
+    problems = load_problems(task, None, args.dataset, args.problems, args.seed) if args.dataset is None \
+        else load_problems(task, args.dataset, args.dataset, args.problems, args.seed)
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path, "float32", resolve_device(args.device), trainable=False)
@@ -80,12 +82,21 @@ def command_eval(args: argparse.Namespace) -> int:
     prompts = [tokenizer(build_prompt(e.prompt, args.template, tokenizer), add_special_tokens=False)["input_ids"]
                for e in problems.held_out]
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
-    metrics = evaluate(engine, tokenizer, prompts, problems.held_out, problems.accuracy_reward, args.samples,
-                       args.temperature, args.max_new_tokens, generator)
-    text = json.dumps(metrics, indent=2)
+    evaluation = evaluate(engine, tokenizer, prompts, problems.held_out, problems.accuracy_reward, args.samples,
+                          args.temperature, args.max_new_tokens, generator)
+    text = json.dumps(plain_metrics(evaluation.metrics), indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        output = Path(args.output)
+        output.write_text(text + "\n", encoding="utf-8")
+        print(f"samples: {evaluation.write_samples(output.with_suffix('.samples.jsonl'))}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from r1zero.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
     return 0
 
 
@@ -109,17 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a model on held-out problems")
     evaluate.add_argument("--model", default="builtin", help="'builtin' or a Hugging Face model folder")
-    evaluate.add_argument("--task", default="sums", help="built-in task (when no dataset is given)")
-    evaluate.add_argument("--dataset", help="JSONL file of problems (prompt, answer)")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--task", help="built-in task (default: sums, when no dataset is given)")
+    source.add_argument("--dataset", help="JSONL file of problems (prompt, answer), scored with the math reward")
     evaluate.add_argument("--problems", type=int, default=200, help="held-out problems to evaluate")
-    evaluate.add_argument("--samples", type=int, default=4, help="samples per problem for pass@1 and pass@k")
+    evaluate.add_argument("--samples", type=int, default=4,
+                          help="K, samples per problem for pass@1, pass@k (k = 1, 2, 4, ..., K) and maj@K")
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--template", default="r1_zero")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--output", help="write the metrics JSON here")
+    evaluate.add_argument("--output", help="write the metrics JSON here, and every sample to "
+                                           "FILE.samples.jsonl beside it")
     evaluate.set_defaults(run=command_eval)
+
+    report = commands.add_parser("report", help="write DIR/report.html (curves, samples, settings, alerts)")
+    report.add_argument("run_dir", metavar="DIR", help="output folder of `r1zero train`")
+    report.set_defaults(run=command_report)
 
     pre = commands.add_parser("pretrain", help="rebuild the built-in base model from its synthetic corpus")
     pre.add_argument("--output-dir", default="base-model")

@@ -44,20 +44,28 @@ ADVANTAGE_EPS = 1e-6  # added to the group std in grpo advantages
 
 @dataclass
 class Rollout:
-    """One step's samples, ready for the update. N = B*G rows in group order."""
+    """One step's samples, ready for the update. N = B*G completion rows in group order."""
 
-    input_ids: torch.Tensor  # (N, P+T) left-padded prompt, then right-padded completion
-    attention_mask: torch.Tensor  # (N, P+T) 1 on real tokens
+    prompt_ids: torch.Tensor  # (B, P) left-padded prompts
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    group_index: torch.Tensor  # (N,) the prompt row each completion answers
+    completion_ids: torch.Tensor  # (N, T) right-padded completions
     completion_mask: torch.Tensor  # (N, T) float, 1 on completion tokens
-    prompt_width: int  # P
     advantages: torch.Tensor  # (N,)
     old_logprobs: torch.Tensor | None = None  # (N, T) under the generating policy; None: same as current
     ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference model; None when kl_coef == 0
 
-    def rows(self, index: torch.Tensor) -> "Rollout":
+    def rows(self, index) -> "Rollout":
+        """The completion rows `index` (a slice or index tensor); prompts are kept whole."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Rollout(self.input_ids[index], self.attention_mask[index], self.completion_mask[index],
-                       self.prompt_width, self.advantages[index], pick(self.old_logprobs), pick(self.ref_logprobs))
+        return Rollout(self.prompt_ids, self.prompt_mask, self.group_index[index], self.completion_ids[index],
+                       self.completion_mask[index], self.advantages[index], pick(self.old_logprobs),
+                       pick(self.ref_logprobs))
+
+    def logprobs(self, model, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, T) log-probabilities of these completions under `model` (and entropies)."""
+        return completion_logprobs(model, self.prompt_ids, self.prompt_mask, self.group_index, self.completion_ids,
+                                   self.completion_mask, with_entropy)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,34 +76,30 @@ def seed_everything(seed: int) -> None:
 
 def pack_rollout(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
                  advantages: torch.Tensor, device: torch.device) -> Rollout:
-    """Left-pad prompts and right-pad completions into one (N, P+T) batch."""
-    rows = [prompt for prompt in prompts for _ in range(group_size)]
-    prompt_width = max(len(p) for p in rows)
+    """Left-pad the B prompts into (B, P) and right-pad the N = B*G completions into (N, T)."""
+    prompt_width = max(len(p) for p in prompts)
     completion_width = max(1, max(len(c) for c in completions))
-    count = len(rows)
-    input_ids = torch.full((count, prompt_width + completion_width), pad_id, dtype=torch.long)  # (N, P+T)
-    attention_mask = torch.zeros_like(input_ids)  # (N, P+T)
-    completion_mask = torch.zeros((count, completion_width))  # (N, T)
-    for i, (prompt, completion) in enumerate(zip(rows, completions)):
-        input_ids[i, prompt_width - len(prompt):prompt_width] = torch.tensor(prompt)
-        attention_mask[i, prompt_width - len(prompt):prompt_width + len(completion)] = 1
+    prompt_ids = torch.full((len(prompts), prompt_width), pad_id, dtype=torch.long)  # (B, P)
+    prompt_mask = torch.zeros_like(prompt_ids)  # (B, P)
+    for i, prompt in enumerate(prompts):
+        prompt_ids[i, prompt_width - len(prompt):] = torch.tensor(prompt)
+        prompt_mask[i, prompt_width - len(prompt):] = 1
+    completion_ids = torch.full((len(completions), completion_width), pad_id, dtype=torch.long)  # (N, T)
+    completion_mask = torch.zeros((len(completions), completion_width))  # (N, T)
+    for i, completion in enumerate(completions):
         if completion:
-            input_ids[i, prompt_width:prompt_width + len(completion)] = torch.tensor(completion)
+            completion_ids[i, :len(completion)] = torch.tensor(completion)
             completion_mask[i, :len(completion)] = 1.0
-    return Rollout(input_ids.to(device), attention_mask.to(device), completion_mask.to(device), prompt_width,
-                   advantages.to(device))
+    group_index = torch.arange(len(prompts)).repeat_interleave(group_size)  # (N,)
+    return Rollout(prompt_ids.to(device), prompt_mask.to(device), group_index.to(device), completion_ids.to(device),
+                   completion_mask.to(device), advantages.to(device))
 
 
 @torch.no_grad()
 def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
     """Completion log-probabilities under `model` without gradient, `chunk` rows at a time. (N, T)"""
-    parts = []
-    for start in range(0, len(rollout.input_ids), chunk):
-        rows = slice(start, start + chunk)
-        logprobs, _ = completion_logprobs(model, rollout.input_ids[rows], rollout.attention_mask[rows],
-                                          rollout.prompt_width)
-        parts.append(logprobs)
-    return torch.cat(parts)
+    count = len(rollout.completion_ids)
+    return torch.cat([rollout.rows(slice(start, start + chunk)).logprobs(model)[0] for start in range(0, count, chunk)])
 
 
 def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, generator: torch.Generator) -> dict:
@@ -104,7 +108,7 @@ def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, gener
     Loss per minibatch: sum over tokens of (clipped surrogate + beta * KL) x aggregation weights. The weights are
     computed once per minibatch and sliced for micro-batches, so gradient accumulation is exact.
     """
-    count = len(rollout.input_ids)
+    count = len(rollout.completion_ids)
     minibatch = config.minibatch_size or count
     microbatch = config.microbatch_size or minibatch
     aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
@@ -114,16 +118,15 @@ def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, gener
     for _ in range(config.updates_per_batch):
         order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
         for start in range(0, count, minibatch):
-            batch = rollout.rows(order[start:start + minibatch].to(rollout.input_ids.device))
+            batch = rollout.rows(order[start:start + minibatch].to(rollout.completion_ids.device))
             weights = aggregation(batch.completion_mask, config.max_new_tokens)  # (M, T)
             optimizer.zero_grad(set_to_none=True)
             sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
             tokens = batch.completion_mask.sum().clamp(min=1)
-            for micro_start in range(0, len(batch.input_ids), microbatch):
+            for micro_start in range(0, len(batch.completion_ids), microbatch):
                 rows = slice(micro_start, micro_start + microbatch)
                 mask, micro_weights = batch.completion_mask[rows], weights[rows]
-                logprobs, entropy = completion_logprobs(model, batch.input_ids[rows], batch.attention_mask[rows],
-                                                        batch.prompt_width, with_entropy=True)  # (m, T)
+                logprobs, entropy = batch.rows(rows).logprobs(model, with_entropy=True)  # (m, T)
                 old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
                 policy = algorithms.clipped_surrogate_loss(logprobs, old, batch.advantages[rows],
                                                            config.clip_low, config.clip_high)
@@ -196,10 +199,11 @@ def train(config: TrainConfig) -> Path:
     def run_evaluation(step: int) -> None:
         policy.eval()
         started = time.time()
-        metrics = evaluate(engine, tokenizer, held_out_prompts, problems.held_out, problems.accuracy_reward,
-                           config.eval_samples, config.temperature, config.max_new_tokens, sampling)
-        metrics["time/eval_seconds"] = time.time() - started
+        evaluation = evaluate(engine, tokenizer, held_out_prompts, problems.held_out, problems.accuracy_reward,
+                              config.eval_samples, config.temperature, config.max_new_tokens, sampling)
+        metrics = {**evaluation.metrics, "time/eval_seconds": time.time() - started}
         logger.log(step, metrics)
+        evaluation.write_samples(output_dir / "samples" / f"step_{step:06d}.jsonl")  # for `r1zero report`
         console(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
                 f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
                 f"({metrics['time/eval_seconds']:.0f}s)")
@@ -228,10 +232,11 @@ def train(config: TrainConfig) -> Path:
         # ---- 4. group advantages ------------------------------------------------------------------------
         advantages = advantage_fn(reward, ADVANTAGE_EPS).flatten()  # (N,)
         rollout = pack_rollout(prompts, generation.completions, config.group_size, engine.pad_id, advantages, device)
-        chunk = config.microbatch_size or config.minibatch_size or len(rollout.input_ids)
+        count = len(rollout.completion_ids)
+        chunk = config.microbatch_size or config.minibatch_size or count
         if reference is not None:
             rollout.ref_logprobs = score_logprobs(reference, rollout, chunk)
-        if config.updates_per_batch > 1 or (config.minibatch_size or len(rollout.input_ids)) < len(rollout.input_ids):
+        if config.updates_per_batch > 1 or (config.minibatch_size or count) < count:
             rollout.old_logprobs = score_logprobs(policy, rollout, chunk)  # the generating policy, frozen
 
         # ---- 5. policy update -----------------------------------------------------------------------------

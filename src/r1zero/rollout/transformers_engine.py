@@ -5,10 +5,9 @@ Shapes: N = B*G rows, P = longest prompt (left-padded), t = tokens generated so 
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from r1zero.models import cache_keyword
 from r1zero.rollout import Generation
 
 
@@ -28,9 +27,7 @@ class TransformersEngine:
         # One token: compare ids. Several: decode the tail of each row (token boundaries vary with context).
         self.stop_token = stop_ids[0] if len(stop_ids) == 1 else None
         self.tail_tokens = len(stop_ids) + 2
-        # transformers 5.x renamed the forward argument `past_key_values` to `cache`.
-        parameters = inspect.signature(model.forward).parameters
-        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.cache_argument = cache_keyword(model)
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         if temperature == 0:
