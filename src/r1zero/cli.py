@@ -41,6 +41,8 @@ def _metavar(name: str) -> str:
     kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
     if typing.get_origin(kind) is dict:
         return "NAME=W,..."
+    if typing.get_origin(kind) is list:
+        return "A,B,..."
     return {int: "INT", float: "FLOAT", str: "TEXT"}.get(kind, "VALUE")
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from r1zero.health import REFLECTION_WORDS
+
 
 class ConfigError(ValueError):
     """A setting is wrong; the message says which one and what would be valid."""
@@ -123,6 +125,9 @@ class TrainConfig:
     """Samples per held-out problem for eval/pass@1 (at the training temperature), besides one greedy answer."""
     tensorboard: bool = True
     """Also write TensorBoard event files to <output_dir>/tensorboard."""
+    reflection_words: list[str] = field(default_factory=lambda: list(REFLECTION_WORDS))
+    """Words whose share in the <think> part is logged as response/reflection_rate: the "aha" signal the DeepSeek-R1
+    paper watched. On the CLI: --reflection-words wait,check,verify."""
 
     # -------------------------------------------------------------------------------------------------
 
@@ -225,6 +230,9 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
     try:
+        if typing.get_origin(kind) is list:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return [str(item).strip() for item in items if str(item).strip()]
         if typing.get_origin(kind) is dict:
             if isinstance(raw, str):  # "accuracy=1,format=0.5"
                 raw = dict(item.split("=", 1) for item in raw.split(",") if item.strip())
@@ -244,6 +252,8 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         expected = {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(kind, str(kind))
         if typing.get_origin(kind) is dict:
             expected = "name=weight pairs such as accuracy=1,format=0.5"
+        if typing.get_origin(kind) is list:
+            expected = "a comma-separated list"
         raise ConfigError(f"{source}: setting '{name}' expects {expected}, got {raw!r}") from None
 
 

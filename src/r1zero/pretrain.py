@@ -10,9 +10,9 @@ the prompt template. Its documents, in proportions set by CORPUS_MIX:
   notes     sums of training-split lists worked out left   "3 + 5 + 2 = 8 + 2 = 10 ."
             to right, plain text with no tags and no template (a held-out list never occurs: checked)
   dialogues the R1-Zero template around OTHER questions   "... User: What is 3 max 8 max 2. Assistant: <think>
-            (max, min, last or count of a list), answered    3 max 8 max 2 = 8 max 2 = 8 </think> <answer> 8
-            in the tag format 60% of the time, with only     </answer>"
-            the answer tag 20%, and bare 20%
+            (lists folded with max, min, first or last),     3 max 8 max 2 = 8 max 2 = 8 </think> <answer> 8
+            answered in the tag format 60% of the time,      </answer>"
+            with only the answer tag 20%, and bare 20%
 
 So the base model knows addition facts, has seen running sums, and has seen the tag format used for other
 questions with a step-by-step fold inside <think>. It has never seen a sum question inside the template nor a
@@ -71,19 +71,16 @@ def note_document(rng: random.Random) -> str:
     return reduction_chain(sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))) + " ."
 
 
+OPERATORS = {"max": max, "min": min, "first": lambda a, b: a, "last": lambda a, b: b}
+
+
 def dialogue_document(rng: random.Random) -> str:
-    """The template around a question that is not a sum, answered in one of several styles."""
+    """The template around a question that is not a sum (max, min, first, last), answered in one of three styles."""
     numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
-    kind = rng.choice(["max", "min", "last", "count"])
-    if kind in ("max", "min"):
-        text = "What is " + f" {kind} ".join(map(str, numbers))
-        thinking = reduction_chain(numbers, kind, max if kind == "max" else min)
-        answer = max(numbers) if kind == "max" else min(numbers)
-    else:
-        listed = " ".join(map(str, numbers))
-        text = f"What is the {kind} of {listed}"
-        answer = numbers[-1] if kind == "last" else len(numbers)
-        thinking = f"{listed} : the {kind} is {answer}"
+    operator_name = rng.choice(list(OPERATORS))
+    thinking = reduction_chain(numbers, operator_name, OPERATORS[operator_name])
+    text = "What is " + thinking.split(" = ")[0]
+    answer = thinking.split(" = ")[-1]
     style = rng.random()
     if style < 0.6:
         reply = f"<think> {thinking} </think> <answer> {answer} </answer>"

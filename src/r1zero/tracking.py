@@ -49,3 +49,34 @@ def _plain(value):
 
 def console(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
+
+
+class Progress:
+    """A live progress bar on a terminal (tqdm); plain log lines every `every` steps otherwise (CI, files)."""
+
+    def __init__(self, total: int, every: int = 10):
+        self.total, self.every = total, every
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, summary: dict[str, str], eta_seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(summary, refresh=False)
+            self.bar.update(1)
+        elif step % self.every == 0 or step == self.total or step == 1:
+            fields = "  ".join(f"{key} {value}" for key, value in summary.items())
+            console(f"step {step:4d}/{self.total}  {fields}  eta {eta_seconds:.0f}s")
+
+    def write(self, message: str) -> None:
+        """A line that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            console(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -37,7 +37,8 @@ from r1zero.rewards import RewardScorer
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.tasks import load_problems
 from r1zero.templates import STOP_STRING, build_prompt
-from r1zero.tracking import MetricsLogger, console
+from r1zero.health import HealthMonitor, reflection_rate
+from r1zero.tracking import MetricsLogger, Progress, console
 
 ADVANTAGE_EPS = 1e-6  # added to the group std in grpo advantages
 
@@ -204,11 +205,13 @@ def train(config: TrainConfig) -> Path:
         metrics = {**evaluation.metrics, "time/eval_seconds": time.time() - started}
         logger.log(step, metrics)
         evaluation.write_samples(output_dir / "samples" / f"step_{step:06d}.jsonl")  # for `r1zero report`
-        console(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
+        progress.write(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
                 f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
                 f"({metrics['time/eval_seconds']:.0f}s)")
         policy.train()
 
+    progress = Progress(config.max_steps)
+    monitor = HealthMonitor()
     run_evaluation(0)
     started_training = time.time()
     for step in range(1, config.max_steps + 1):
@@ -251,29 +254,43 @@ def train(config: TrainConfig) -> Path:
             **{f"reward/{name}": sum(values) / len(values) for name, values in rewards.components.items()},
             "response/length_mean": sum(lengths) / len(lengths),
             "response/truncated_fraction": 1 - sum(generation.stopped) / len(lengths),
+            "response/reflection_rate": reflection_rate(texts, tuple(config.reflection_words)),
             "kl": update["kl"],
             "entropy": update["entropy"],
             "clip_fraction": update["clip_fraction"],
             "loss": update["loss"],
             "grad_norm": update["grad_norm"],
             "skipped_updates": update["skipped_updates"],
-            "zero_std_fraction": float((reward.std(dim=1) == 0).float().mean()) if config.group_size > 1 else 1.0,
+            "zero_std_fraction": float((reward.max(dim=1).values == reward.min(dim=1).values).float().mean()),
             "learning_rate": scheduler.get_last_lr()[0],
             "time/step_seconds": seconds,
             "time/generation_seconds": generation_seconds,
             "throughput/tokens_per_second": sum(lengths) / seconds,
         }
+        alerts = monitor.update(step, metrics)
+        if config.group_size == 1:  # one sample per prompt: every "group" has zero variance by construction
+            alerts = [alert for alert in alerts if alert.name != "no_learning_signal"]
+        metrics["health/alerts"] = len(alerts)
+        if alerts:
+            metrics["alerts"] = [alert._asdict() for alert in alerts]
         logger.log(step, metrics)
+        for alert in alerts:
+            progress.write(f"ALERT step {step} {alert.name}: {alert.message}")
         elapsed = time.time() - started_training
-        console(f"step {step:4d}/{config.max_steps}  reward {metrics['reward/mean']:.3f}  "
-                f"accuracy {metrics.get('reward/accuracy', float('nan')):.3f}  "
-                f"format {metrics.get('reward/format', float('nan')):.3f}  len {metrics['response/length_mean']:.1f}  "
-                f"kl {metrics['kl']:.4f}  {seconds:.2f}s/step  "
-                f"eta {elapsed / step * (config.max_steps - step):.0f}s")
+        progress.step(step, {
+            "reward": f"{metrics['reward/mean']:.3f}",
+            "accuracy": f"{metrics.get('reward/accuracy', float('nan')):.3f}",
+            "format": f"{metrics.get('reward/format', float('nan')):.3f}",
+            "len": f"{metrics['response/length_mean']:.1f}",
+            "kl": f"{metrics['kl']:.4f}",
+            "tok/s": f"{metrics['throughput/tokens_per_second']:.0f}",
+            "s/step": f"{seconds:.2f}",
+        }, eta_seconds=elapsed / step * (config.max_steps - step))
         if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
             run_evaluation(step)
 
     # ---- save ---------------------------------------------------------------------------------------------
+    progress.close()
     save_model(policy, tokenizer, output_dir / "final")
     logger.close()
     console(f"saved {output_dir / 'final'}")
