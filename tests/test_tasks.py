@@ -46,3 +46,46 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
     data.write_text('{"prompt": "q", "answer": "1"}\n')
     with pytest.raises(DataError, match="tiny.jsonl: 1 rows are too few"):
         load_problems("sums", str(data), None, eval_problems=10, seed=0)
+
+
+# ----------------------------------------------------------------------------
+# countdown and code, the other built-in tasks
+
+
+def test_countdown_problems_are_solvable_and_split_by_hash():
+    from r1zero.rewards import countdown_reward
+    from r1zero.tasks import countdown
+
+    training = countdown.sample_train(random.Random(0), 500)
+    held_out = countdown.held_out(200)
+    for example in training[:100] + held_out:
+        numbers, target = example.metadata["numbers"], example.metadata["target"]
+        assert 3 <= len(numbers) <= 4 and all(1 <= n <= 99 for n in numbers) and 1 <= target <= 100
+        assert example.prompt == (f"Using the numbers {numbers}, create an equation that equals {target}. You can use "
+                                  f"basic arithmetic operations (+, -, *, /) and each number can only be used once.")
+        assert countdown_reward(f"<answer> {example.answer} </answer>", example) == 1.0  # the kept solution is right
+    assert not any(countdown.is_held_out(e.metadata["numbers"], e.metadata["target"]) for e in training)
+    keys = {(tuple(sorted(e.metadata["numbers"])), e.metadata["target"]) for e in held_out}
+    assert len(keys) == 200 and [e.prompt for e in countdown.held_out(200)] == [e.prompt for e in held_out]
+    # the split does not depend on the order the numbers are listed in
+    assert countdown.is_held_out([3, 1, 2], 6) == countdown.is_held_out([1, 2, 3], 6)
+
+
+def test_code_problems_each_pass_their_own_reference_solution():
+    from r1zero.rewards import code_reward
+    from r1zero.tasks import code
+
+    problems = code.problems()
+    assert len(problems) >= 20 and len({p.id for p in problems}) == len(problems)
+    for problem in problems:
+        score = code_reward(f"<answer>\n```python\n{problem.answer}```\n</answer>", problem)
+        assert score == 1.0, (problem.id, score.reason)
+    held_out_ids = {e.id for e in code.held_out(100)}
+    trained = {e.id for e in code.sample_train(random.Random(0), 300)}
+    assert len(held_out_ids) == 9 and trained.isdisjoint(held_out_ids)
+    assert len(trained) == len(problems) - 9  # 300 draws visit every training problem
+
+
+def test_built_in_tasks_name_their_checker():
+    assert {name: load_problems(name, None, None, 2, 0).accuracy_reward for name in ("sums", "countdown", "code")} \
+        == {"sums": "integer", "countdown": "countdown", "code": "code"}

@@ -1,8 +1,10 @@
 """The `r1zero` command.
 
     r1zero train [--config recipes/NAME.yaml] [--any-setting VALUE ...]
+    r1zero train --resume DIR [--max-steps N]
     r1zero eval --model DIR [--task NAME | --dataset FILE] [--samples K] [--output FILE.json]
     r1zero report DIR
+    r1zero score --reward NAME[=W],... --input FILE.jsonl [--output FILE.jsonl]
     r1zero pretrain [--output-dir DIR]
 
 Every `train` flag is generated from r1zero.config.TrainConfig (its field docstrings are the help text).
@@ -17,12 +19,17 @@ import sys
 import typing
 from pathlib import Path
 
-from r1zero.config import ConfigError, TrainConfig, field_docs, field_types, load_config
+from r1zero.config import RESUME_SETTINGS, ConfigError, TrainConfig, field_docs, field_types, load_config
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML recipe; flags given here override its values")
-    parser.add_argument("--check", action="store_true", help="validate the settings, print them and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings, the data files, the tokenizer and the prompt lengths (no weights "
+                             "are loaded), print the resolved settings and exit")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the run in DIR from its newest complete checkpoint, with the settings of "
+                             f"DIR/config.yaml; only {', '.join(RESUME_SETTINGS)} may be given with it")
     docs = field_docs(TrainConfig)
     for setting in dataclasses.fields(TrainConfig):
         default = setting.default if setting.default is not dataclasses.MISSING else setting.default_factory()
@@ -47,19 +54,37 @@ def _metavar(name: str) -> str:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from r1zero.checkpoint import (StopSignals, TrainingInterrupted, TrainingStopped, latest_checkpoint,
+                                   load_checkpoint, resume_settings)
+
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name) is not None}
-    config = load_config(args.config, overrides)
-    config.validate()
+    if args.resume and args.config:
+        raise ConfigError("--resume DIR takes the settings of DIR/config.yaml; --config cannot be given with it")
+    config = resume_settings(args.resume, overrides) if args.resume else load_config(args.config, overrides)
     if args.check:
         from r1zero.config import to_yaml
+        from r1zero.preflight import prepare_run
 
+        warnings = prepare_run(config).warnings
+        if args.resume and (found := latest_checkpoint(args.resume)) is not None:
+            load_checkpoint(found)  # its files are checked too
         print(to_yaml(config), end="")
+        for warning in warnings:
+            print(f"r1zero: warning: {warning}", file=sys.stderr)
         print("settings are valid")
         return 0
     from r1zero.trainer import train
 
-    train(config)
+    try:
+        with StopSignals() as stop:  # Ctrl-C: finish the step, save a checkpoint, exit
+            train(config, resume=bool(args.resume), stop=stop)
+    except TrainingStopped as error:  # non-finite steps: the diagnosis
+        print(f"r1zero: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as error:
+        print(f"r1zero: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 
@@ -75,8 +100,10 @@ def command_eval(args: argparse.Namespace) -> int:
     task = args.task or "sums"
     probe = TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None, eval_samples=args.samples)
     probe.validate()
+    data = dict(prompt_field=args.prompt_field, answer_field=args.answer_field, answer_format=args.answer_format,
+                dataset_reward=args.dataset_reward)
     problems = load_problems(task, None, args.dataset, args.problems, args.seed) if args.dataset is None \
-        else load_problems(task, args.dataset, args.dataset, args.problems, args.seed)
+        else load_problems(task, args.dataset, args.dataset, args.problems, args.seed, **data)
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path, "float32", resolve_device(args.device), trainable=False)
@@ -102,6 +129,21 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_score(args: argparse.Namespace) -> int:
+    from r1zero.scoring import health_summary, parse_reward_weights, score_completions, write_records
+
+    records, health = score_completions(args.input, parse_reward_weights(args.reward), args.timeout, args.workers,
+                                        not args.code_all_or_nothing, args.code_test_timeout)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as stream:
+            write_records(records, stream)
+    else:
+        write_records(records, sys.stdout)
+    print(f"scored {len(records)} rows" + (f" into {args.output}" if args.output else "") + f"; "
+          f"{health_summary(health)}", file=sys.stderr)
+    return 0
+
+
 def command_pretrain(args: argparse.Namespace) -> int:
     from r1zero.pretrain import PretrainSettings, pretrain
 
@@ -115,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1zero", description="DeepSeek-R1-Zero style RL from a base model.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="RL-train a base model (no arguments: the built-in default)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train = commands.add_parser("train", help="RL-train a base model (no arguments: the built-in default)")
+    # no ArgumentDefaultsHelpFormatter: each setting's help already ends with its real default (flags default to
+    # None so that only the flags given override a recipe)
     _add_train_flags(train)
     train.set_defaults(run=command_train)
 
@@ -124,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="builtin", help="'builtin' or a Hugging Face model folder")
     source = evaluate.add_mutually_exclusive_group()
     source.add_argument("--task", help="built-in task (default: sums, when no dataset is given)")
-    source.add_argument("--dataset", help="JSONL file of problems (prompt, answer), scored with the math reward")
+    source.add_argument("--dataset", help="problems: JSONL, Parquet, CSV or a save_to_disk folder (see train's "
+                                          "--dataset); checked by --dataset-reward")
+    evaluate.add_argument("--prompt-field", default="prompt")
+    evaluate.add_argument("--answer-field", default="answer")
+    evaluate.add_argument("--answer-format", default="plain", help="plain, gsm8k or boxed (see train's)")
+    evaluate.add_argument("--dataset-reward", default="math", help="math, integer, countdown or code")
     evaluate.add_argument("--problems", type=int, default=200, help="held-out problems to evaluate")
     evaluate.add_argument("--samples", type=int, default=4,
                           help="K, samples per problem for pass@1, pass@k (k = 1, 2, 4, ..., K) and maj@K")
@@ -141,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="DIR", help="output folder of `r1zero train`")
     report.set_defaults(run=command_report)
 
+    score = commands.add_parser("score", help="score completions offline: one JSON line per row with the total, "
+                                              "each reward's score and the reason")
+    score.add_argument("--reward", required=True, metavar="NAME[=W],...",
+                       help="rewards and weights (default weight 1): format, integer, math, countdown, code, or "
+                            "path/to/file.py:function, module:function; e.g. math,format=0.5")
+    score.add_argument("--input", required=True, metavar="FILE.jsonl",
+                       help="rows with 'completion' and the example's fields: 'answer' (math, integer), 'numbers' "
+                            "and 'target' (countdown), 'tests' and/or 'asserts' (code)")
+    score.add_argument("--output", metavar="FILE.jsonl", help="write here instead of stdout")
+    score.add_argument("--timeout", type=float, default=10.0,
+                       help="hard limit in seconds per sample for math and code (see reward_timeout_seconds)")
+    score.add_argument("--workers", type=int, default=0, help="scoring processes (0: min(4, CPU cores))")
+    score.add_argument("--code-test-timeout", type=float, default=2.0, help="seconds per code test run")
+    score.add_argument("--code-all-or-nothing", action="store_true",
+                       help="code reward 1 only when every test passes (default: the share passed)")
+    score.set_defaults(run=command_score)
+
     pre = commands.add_parser("pretrain", help="rebuild the built-in base model from its synthetic corpus")
     pre.add_argument("--output-dir", default="base-model")
     pre.add_argument("--steps", type=int, default=0, help="optimiser steps (0: the shipped model's schedule)")
@@ -152,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:  # settings, data files, model folders, checkpoints
         print(f"r1zero: error: {error}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ from typing import Any
 import yaml
 
 from r1zero.health import REFLECTION_WORDS
+
+
+# Settings `r1zero train --resume DIR` may change. Every other setting comes from DIR/config.yaml unchanged:
+# changing the model, data, algorithm, seed, device or dtype would make the resumed run a different run. With
+# none of these given, a resumed CPU run repeats the uninterrupted one exactly. max_steps may extend a finished
+# run; threads may change the last bits of CPU floating-point sums; the others change no number.
+RESUME_SETTINGS = ("max_steps", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "tensorboard",
+                   "threads")
 
 
 class ConfigError(ValueError):
@@ -56,15 +65,23 @@ class TrainConfig:
     task: str = "sums"
     """Built-in task to train on when no dataset is given (see `r1zero.tasks.TASKS`)."""
     dataset: str | None = None
-    """A JSONL file of your own problems (fields set by prompt_field and answer_field), scored with the math
-    accuracy reward (math-verify). Overrides task."""
+    """Your own problems: a JSONL, Parquet or CSV file, or a folder saved with datasets' save_to_disk (fields set
+    by prompt_field and answer_field), checked by dataset_reward. Overrides task."""
     eval_dataset: str | None = None
-    """A JSONL file of held-out problems for dataset runs. Without it, eval_problems rows of the dataset (at most
-    a fifth of it) are held out and never trained on."""
+    """Held-out problems for dataset runs, in the same formats. Without it, eval_problems rows of the dataset (at
+    most a fifth of it) are held out and never trained on."""
     prompt_field: str = "prompt"
     """Field of each dataset row holding the question."""
     answer_field: str = "answer"
     """Field of each dataset row holding the reference final answer."""
+    answer_format: str = "plain"
+    """How answer_field holds the answer: plain (the answer itself), gsm8k (after the last "####", as in GSM8K's
+    "...#### 42") or boxed (in the last \\boxed{...}, as in MATH solutions). A row without it stops the run
+    before any model loads, naming the file, row and field."""
+    dataset_reward: str = "math"
+    """The checker of a dataset (its "accuracy" component and eval accuracy): math (math-verify on the answer),
+    integer, countdown (rows need "numbers" and "target") or code (rows need "tests" and/or "asserts"; no answer
+    needed)."""
 
     # ---- rollout --------------------------------------------------------------------------------
     prompts_per_step: int = 16
@@ -113,8 +130,24 @@ class TrainConfig:
     # ---- rewards --------------------------------------------------------------------------------
     reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     """Named reward components and their weights; the reward is their weighted sum, and each is logged as
-    reward/<name>. "accuracy" is the task's checker, "format" the strict tag format. On the CLI:
-    --reward-weights accuracy=1,format=0.5."""
+    reward/<name>. "accuracy" is the task's checker, "format" the strict tag format; also integer, math,
+    countdown, code, and your own rewards as path/to/file.py:function or module:function (signature
+    (completion, example) -> float; see r1zero.rewards.custom). On the CLI:
+    --reward-weights accuracy=1,format=0.5,my_rewards.py:brevity=0.2."""
+    reward_timeout_seconds: float = 10.0
+    """Hard wall-clock limit per sample for rewards that run in the scoring pool (math, code, custom rewards with
+    needs_isolation): the worker process is killed at it and the sample scores 0, counted in
+    reward_health/<name>/timeouts. Lower wastes fewer seconds on pathological answers; too low scores slow
+    correct ones 0."""
+    reward_workers: int = 0
+    """Worker processes of the scoring pool (0: min(4, CPU cores)). Each imports the reward libraries (about
+    150 MB for math-verify) and runs one sample at a time."""
+    code_partial_credit: bool = True
+    """Code reward: the share of tests passed (true) or 1 only when every test passes (false, all-or-nothing,
+    which gives a sparser signal but cannot be earned by passing the easy tests only)."""
+    code_test_timeout_seconds: float = 2.0
+    """Code reward: wall-clock limit of each test run in the sandbox (CPU time is limited to the same, rounded
+    up). A completion's tests share reward_timeout_seconds minus 1 s; tests not started by then fail."""
 
     # ---- evaluation and logging -----------------------------------------------------------------
     eval_every: int = 40
@@ -129,12 +162,36 @@ class TrainConfig:
     """Words whose share in the <think> part is logged as response/reflection_rate: the "aha" signal the DeepSeek-R1
     paper watched. On the CLI: --reflection-words wait,check,verify."""
 
+    # ---- checkpoints and failures ---------------------------------------------------------------
+    checkpoint_every: int = 40
+    """Save a checkpoint to <output_dir>/checkpoints/step_NNNNNN every N steps, besides the last step and
+    Ctrl-C (0: only those). It holds the weights (a loadable Hugging Face model), optimizer and scheduler state,
+    every RNG state and the data position, so `r1zero train --resume DIR` continues exactly. Each costs a write
+    of the weights plus the AdamW state (twice the weights in float32)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept; older ones are deleted once a newer one is complete. More keeps more places to
+    go back to, at about three times the weights' size each."""
+    max_nonfinite_steps: int = 3
+    """Steps in a row whose loss or gradients were NaN or infinite after which the run stops with a diagnosis.
+    Such updates are always skipped (the weights never see them) and no checkpoint is taken at such a step, so
+    the newest checkpoint stays the last good state. 1 stops at the first one."""
+
     # -------------------------------------------------------------------------------------------------
 
-    def validate(self) -> None:
-        """Check every setting before anything is loaded; raise ConfigError listing all problems."""
+    def validate(self) -> list[str]:
+        """Check every setting before anything is loaded; raise ConfigError listing all problems.
+
+        Returns warnings: settings that are valid but have no effect together (e.g. a kl_estimator other than
+        the default while kl_coef is 0). A setting's value cannot tell whether it was given explicitly, so a
+        non-default value counts as given, and these only warn (a recipe may set a value another run disables).
+        """
         from r1zero.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
+        from r1zero.models import context_length
+        from r1zero.pretrain import SHIPPED_MODEL
+        from r1zero.rewards import ACCURACY, REWARD_FUNCTIONS
+        from r1zero.rewards.custom import is_custom_reward_name, load_reward_function
         from r1zero.tasks import TASKS
+        from r1zero.tasks.data import ANSWER_FORMATS, DATASET_REWARDS
         from r1zero.templates import TEMPLATES
 
         problems = []
@@ -156,8 +213,14 @@ class TrainConfig:
         choice("dtype", ("float32", "bfloat16", "float16"))
         if self.dataset is None:
             choice("task", TASKS)
+        choice("answer_format", ANSWER_FORMATS)
+        choice("dataset_reward", DATASET_REWARDS)
         positive("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "eval_problems",
-                 "eval_samples", "learning_rate")
+                 "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps")
+        for name in ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
+                     "minibatch_size", "microbatch_size"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.temperature < 0:
             problems.append(f"temperature: must be >= 0, got {self.temperature}")
         if self.group_size < 2 and self.advantage in ("grpo", "rloo", "dr_grpo"):
@@ -176,19 +239,73 @@ class TrainConfig:
         if self.microbatch_size and minibatch % self.microbatch_size:
             problems.append(f"microbatch_size: {self.microbatch_size} does not divide minibatch_size {minibatch}; "
                             f"valid: a divisor of {minibatch} (or 0)")
+        if self.temperature == 0 and self.advantage in ("grpo", "rloo", "dr_grpo"):
+            problems.append(f"temperature: 0 samples greedily, so the {self.group_size} samples of a group are "
+                            f"identical, every {self.advantage} advantage is 0 and nothing is learned; use a "
+                            f"temperature > 0 (R1-Zero used 1.0)")
         if not self.reward_weights:
             problems.append("reward_weights: at least one reward component is needed, e.g. accuracy=1,format=0.5")
+        valid_rewards = [ACCURACY, *REWARD_FUNCTIONS]
+        for name, weight in self.reward_weights.items():
+            if is_custom_reward_name(name):  # "file.py:function" or "module:function": it must load
+                try:
+                    load_reward_function(name)
+                except ValueError as error:
+                    problems.append(f"reward_weights: {error}")
+            elif name not in valid_rewards:
+                problems.append(f"reward_weights: unknown reward '{name}'; valid names: {', '.join(valid_rewards)}, "
+                                f"or your own as path/to/file.py:function or package.module:function")
+            if not math.isfinite(weight):
+                problems.append(f"reward_weights: the weight of '{name}' is {weight}; give a finite number")
         for path_setting in ("dataset", "eval_dataset"):
             path = getattr(self, path_setting)
-            if path is not None and not Path(path).is_file():
+            if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
                 problems.append(f"{path_setting}: file not found: {path}")
+        positive("reward_timeout_seconds", "code_test_timeout_seconds")
+        if self.reward_workers < 0:
+            problems.append(f"reward_workers: must be >= 0 (0: min(4, CPU cores)), got {self.reward_workers}")
+        if self.code_test_timeout_seconds > self.reward_timeout_seconds - 1:
+            problems.append(f"code_test_timeout_seconds: {self.code_test_timeout_seconds} leaves no time for a "
+                            f"second test within reward_timeout_seconds {self.reward_timeout_seconds} minus 1 s of "
+                            f"start-up; valid: at most {self.reward_timeout_seconds - 1}")
         if self.eval_dataset is not None and self.dataset is None:
             problems.append("eval_dataset: only used together with dataset")
-        if self.model != "builtin" and not (Path(self.model) / "config.json").is_file():
+        model_path = SHIPPED_MODEL if self.model == "builtin" else Path(self.model)
+        if self.model == "builtin" and not (model_path / "config.json").is_file():
+            problems.append(f"model: the built-in base model is missing from {model_path}; rebuild it with "
+                            f"`r1zero pretrain --output-dir {model_path}`, or give a Hugging Face model folder")
+        elif not (model_path / "config.json").is_file():
             problems.append(f"model: {self.model} is not a Hugging Face model folder (no config.json); give a local "
                             f"folder saved with save_pretrained, or 'builtin'")
+        else:
+            try:
+                context = context_length(model_path)
+            except ValueError as error:
+                problems.append(f"model: {error}")
+            else:
+                if context is not None and self.max_new_tokens >= context:
+                    problems.append(f"max_new_tokens: {self.max_new_tokens} leaves no room for the prompt in the "
+                                    f"model's context of {context} tokens (max_position_embeddings in "
+                                    f"{model_path / 'config.json'}); valid: below {context} minus the prompt length")
         if problems:
             raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+
+        defaults = TrainConfig()
+        warnings = []
+        if self.kl_coef == 0 and self.kl_estimator != defaults.kl_estimator:
+            warnings.append(f"kl_estimator: '{self.kl_estimator}' has no effect because kl_coef is 0 (no KL term, no "
+                            f"reference model); set kl_coef > 0 to use it")
+        single_pass = self.updates_per_batch == 1 and not self.minibatch_size
+        if single_pass and (self.clip_low, self.clip_high) != (defaults.clip_low, defaults.clip_high):
+            warnings.append(f"clip_low/clip_high: {self.clip_low}/{self.clip_high} have no effect with one update per "
+                            f"batch and one minibatch: the ratio to the generating policy is always 1, never clipped; "
+                            f"set updates_per_batch > 1 or a minibatch_size for clipping to matter")
+        if self.dataset is not None and self.task != defaults.task:
+            warnings.append(f"task: '{self.task}' is ignored because a dataset is given ({self.dataset})")
+        if self.warmup_steps > self.max_steps:
+            warnings.append(f"warmup_steps: {self.warmup_steps} > max_steps {self.max_steps}, so the learning rate "
+                            f"never reaches learning_rate {self.learning_rate}")
+        return warnings
 
 
 # ---------------------------------------------------------------------------------------------

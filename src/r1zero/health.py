@@ -123,6 +123,18 @@ class HealthMonitor:
         self.peak_entropy = -math.inf
         self.kl_history: deque[float] = deque(maxlen=patience)
 
+    def state_dict(self) -> dict:
+        """What the monitor remembers of the history (for checkpoints); the thresholds are settings."""
+        return {"streaks": dict(self.streaks), "active": sorted(self.active), "peak_entropy": self.peak_entropy,
+                "kl_history": list(self.kl_history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`: later updates give the alerts the saved monitor would have given."""
+        self.streaks = dict.fromkeys(self.NAMES, 0) | dict(state["streaks"])
+        self.active = set(state["active"])
+        self.peak_entropy = float(state["peak_entropy"])
+        self.kl_history = deque(state["kl_history"], maxlen=self.patience)
+
     def update(self, step: int, metrics: dict) -> list[Alert]:
         """Feed one metrics record; returns the alerts that start at this step (usually none)."""
         values = {key: number for key, value in metrics.items() if (number := metric_number(value)) is not None}

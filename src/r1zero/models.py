@@ -24,6 +24,27 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(path: Path) -> int | None:
+    """The longest sequence (prompt + response) the model at `path` takes, read from its config.json without
+    loading weights; None when the config names none. ValueError when config.json is not valid JSON."""
+    import json
+
+    config_path = Path(path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error}); save the model again with save_pretrained") \
+            from None
+    for section in (config, config.get("text_config") or {}):  # multimodal configs nest the language model's
+        for key in CONTEXT_KEYS:
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,21 +3,27 @@
     r1zero pretrain --output-dir base-model      # reproduces src/r1zero/assets/base-model (a few minutes on CPU)
 
 Nothing can be downloaded here, so r1zero makes the base model that `r1zero train` starts from. The corpus
-plays the part of web text for a real base model: it holds knowledge and habits, never the task itself in
-the prompt template. Its documents, in proportions set by CORPUS_MIX:
+plays the part of web text for a real base model: knowledge and habits, never the task in the prompt template.
+Its documents, in proportions set by CORPUS_MIX:
 
   facts     two-number additions as plain text            "12 + 7 = 19 ."
-  notes     sums of training-split lists worked out left   "3 + 5 + 2 = 8 + 2 = 10 ."
-            to right, plain text with no tags and no template (a held-out list never occurs: checked)
-  dialogues the R1-Zero template around OTHER questions   "... User: What is 3 max 8 max 2. Assistant: <think>
-            (lists folded with max, min, first or last),     3 max 8 max 2 = 8 max 2 = 8 </think> <answer> 8
-            answered in the tag format 60% of the time,      </answer>"
-            with only the answer tag 20%, and bare 20%
+  notes     sums of training-split lists worked out left   "What is 3 + 5 + 2 ? 3 + 5 + 2 = 8 + 2 = 10 ."
+            to right, like worked examples on the web:
+            plain text, no tags, no template (a held-out list never occurs: checked)
+  dialogues the R1-Zero template around other questions:  "... User: What is 23 - 4 - 7. Assistant: <think>
+            subtractions and lists folded with max or min,   23 - 4 - 7 = 19 - 7 = 12 </think> <answer> 12
+            answered with reasoning in <think> 60% of the    </answer>"
+            time, with only the answer tag 20%, bare 20%;
+            and two-number sums, answered directly, with     "... User: What is 3 + 5. Assistant: <think> 3 + 5
+            <think> only restating the question 40% of       </think> <answer> 8 </answer>"
+            the time (never a worked sum)
 
-So the base model knows addition facts, has seen running sums, and has seen the tag format used for other
-questions with a step-by-step fold inside <think>. It has never seen a sum question inside the template nor a
-sum's total given directly. Under the template it mostly restates the question or guesses, and only sometimes
-writes the partial sums inside <think>; RL has to find that this is what earns reward.
+So the base model knows addition facts, has seen sums worked out in plain text, and has seen the template used
+with step-by-step reasoning inside <think> for other questions. Inside the template it has seen sums of two
+numbers only, answered directly, never a worked sum and never a sum of three or more numbers: the task. Asked
+for one in the template, it often answers directly (and wrongly: it cannot add four numbers in one step), and
+only sometimes works the whole sum out inside <think>. RL has to discover that working it
+out is what earns reward: the DeepSeek-R1-Zero finding in miniature.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from r1zero.templates import R1_ZERO_TEMPLATE
 THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-CORPUS_MIX = {"facts": 0.3, "notes": 0.3, "dialogues": 0.4}
+CORPUS_MIX = {"facts": 0.2, "notes": 0.35, "dialogues": 0.45}
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"
 
 
@@ -67,24 +73,35 @@ def reduction_chain(numbers: tuple[int, ...] | list[int], operator: str = "+", c
 
 
 def note_document(rng: random.Random) -> str:
-    """A sum of a training-split list worked out step by step, as plain text."""
-    return reduction_chain(sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))) + " ."
-
-
-OPERATORS = {"max": max, "min": min, "first": lambda a, b: a, "last": lambda a, b: b}
+    """A sum of a training-split list worked out step by step after its question, as plain text."""
+    chain = reduction_chain(sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS)))
+    return f"What is {chain.split(' = ')[0]} ? {chain} ."
 
 
 def dialogue_document(rng: random.Random) -> str:
-    """The template around a question that is not a sum (max, min, first, last), answered in one of three styles."""
-    numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
-    operator_name = rng.choice(list(OPERATORS))
-    thinking = reduction_chain(numbers, operator_name, OPERATORS[operator_name])
-    text = "What is " + thinking.split(" = ")[0]
-    answer = thinking.split(" = ")[-1]
+    """The template around a question that is not a sum of three or more numbers: a subtraction ("What is
+    23 - 4 - 7"), a list folded with max or min, or a two-number sum, answered in one of three styles."""
+    kind = rng.choice(["max", "min", "-", "+"])
+    think_share = 0.6
+    if kind == "+":  # two numbers only, and <think> only restates the question: no worked sum in the template
+        numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(2)]
+        text = f"What is {numbers[0]} + {numbers[1]}"
+        thinking, answer, think_share = text.removeprefix("What is "), sum(numbers), 0.4
+    elif kind == "-":
+        terms = rng.randint(2, sums.MAX_TERMS)
+        numbers = [rng.randint(sums.MAX_DIGIT * terms, sums.MAX_DIGIT * sums.MAX_TERMS)]
+        numbers += [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(terms - 1)]
+        thinking = reduction_chain(numbers, "-", operator.sub)
+    else:
+        numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
+        thinking = reduction_chain(numbers, kind, max if kind == "max" else min)
+    if kind != "+":
+        text = "What is " + thinking.split(" = ")[0]
+        answer = thinking.split(" = ")[-1]
     style = rng.random()
-    if style < 0.6:
+    if style < think_share:
         reply = f"<think> {thinking} </think> <answer> {answer} </answer>"
-    elif style < 0.8:
+    elif style < think_share + (1 - think_share) / 2:
         reply = f"<answer> {answer} </answer>"
     else:
         reply = f"{answer} ."
@@ -105,8 +122,8 @@ def assert_no_held_out_problem(corpus: list[str]) -> None:
     """Fail loudly if any held-out tuple's sum appears in the corpus."""
     for document in corpus:
         if "<think>" not in document:
-            for statement in document.split(" . "):
-                numbers = tuple(int(x) for x in statement.split(" = ")[0].split(" + "))
+            for statement in document.replace("?", ".").split(" . "):
+                numbers = tuple(int(x) for x in statement.removeprefix("What is ").split(" = ")[0].split(" + "))
                 if len(numbers) >= sums.MIN_TERMS and sums.is_held_out(numbers):
                     raise AssertionError(f"held-out problem {numbers} leaked into the corpus: {document!r}")
 
@@ -157,7 +174,7 @@ class PretrainSettings:
     """Tokens per packed training sequence."""
     batch_size: int = 32
     """Packed sequences per optimiser step."""
-    steps: int = 1000
+    steps: int = 1500
     """Optimiser steps (about 15 passes over the corpus)."""
     learning_rate: float = 3e-3
     """Peak AdamW learning rate, linear warm-up for 5% of the steps then cosine decay to 10%."""

@@ -13,20 +13,29 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: Path, tensorboard: bool = True):
+    """Appends to output_dir/metrics.jsonl. purge_step (a resumed run): TensorBoard hides the events the
+    interrupted run had written from that step on, as metrics.jsonl was cut back to its checkpoint."""
+
+    def __init__(self, output_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
         self.path = output_dir / "metrics.jsonl"
+        self.lines = self.path.read_bytes().count(b"\n") if self.path.exists() else 0
         self.file = open(self.path, "a", encoding="utf-8")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge_step)
+
+    def position(self) -> tuple[int, int]:
+        """(complete lines, bytes) written so far: where a resumed run cuts the file back to."""
+        return self.lines, os.fstat(self.file.fileno()).st_size
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{key: _plain(value) for key, value in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
+        self.lines += 1
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -54,13 +63,13 @@ def console(message: str) -> None:
 class Progress:
     """A live progress bar on a terminal (tqdm); plain log lines every `every` steps otherwise (CI, files)."""
 
-    def __init__(self, total: int, every: int = 10):
+    def __init__(self, total: int, every: int = 10, start: int = 0):
         self.total, self.every = total, every
         self.bar = None
         if sys.stdout.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def step(self, step: int, summary: dict[str, str], eta_seconds: float) -> None:
         if self.bar is not None:

@@ -2,6 +2,7 @@
 
     r1zero train                                    # built-in base model, built-in task, CPU, a few minutes
     r1zero train --config recipes/r1_zero.yaml --model path/to/hf-model --dataset problems.jsonl
+    r1zero train --resume runs/x                    # continue a stopped run from its newest checkpoint
 
 One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024):
   1. sample B prompts and wrap each in the R1-Zero template
@@ -10,6 +11,8 @@ One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024):
   4. advantages: each reward compared with the others of its group
   5. update the policy mu times on the batch with the clipped surrogate, minus beta * KL to the reference
   6. log; every eval_every steps, evaluate on held-out problems
+  7. every checkpoint_every steps (and on Ctrl-C) save a checkpoint that `r1zero train --resume DIR` continues
+     from exactly (r1zero.checkpoint); stop after max_nonfinite_steps steps in a row with non-finite updates
 
 Shapes: B prompts, G samples per prompt, N = B*G sequences, P prompt width, T completion width.
 Deliberate departures from the paper, all settings: the KL term defaults to 0 for the tiny built-in model
@@ -20,6 +23,7 @@ no weights).
 from __future__ import annotations
 
 import random
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,13 +33,16 @@ import numpy as np
 import torch
 
 from r1zero import algorithms
-from r1zero.config import TrainConfig, to_yaml
+from r1zero.checkpoint import (TrainingInterrupted, TrainingState, TrainingStopped, capture_global_rng,
+                               latest_checkpoint, load_checkpoint, refuse_existing_run, rewind_metrics,
+                               save_checkpoint, write_text_atomically)
+from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.evaluation import evaluate
 from r1zero.example import Example
-from r1zero.models import completion_logprobs, load_model, load_tokenizer, resolve_device, resolve_model_path
+from r1zero.models import completion_logprobs, load_model, resolve_device
+from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer
 from r1zero.rollout.transformers_engine import TransformersEngine
-from r1zero.tasks import load_problems
 from r1zero.templates import STOP_STRING, build_prompt
 from r1zero.health import HealthMonitor, reflection_rate
 from r1zero.tracking import MetricsLogger, Progress, console
@@ -161,32 +168,69 @@ def default_output_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def train(config: TrainConfig) -> Path:
-    """Run training with validated settings; returns the output folder."""
-    # ---- setup --------------------------------------------------------------------------------------
-    config.validate()
+def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
+    """Run training with validated settings; returns the output folder.
+
+    resume: continue the run in config.output_dir from its newest complete checkpoint (`r1zero train --resume`);
+    without one it starts over. stop: a checkpoint.StopSignals; once it has caught SIGINT or SIGTERM, the current
+    step is finished, a checkpoint saved and TrainingInterrupted raised.
+    """
+    # ---- setup: every check runs before any weights load or any file is written --------------------
+    problems, model_path, tokenizer, warnings = prepare_run(config)  # settings, data, tokenizer, prompt lengths
+    for warning in warnings:
+        console(f"r1zero: warning: {warning}")
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+    resume_from = latest_checkpoint(output_dir) if resume else None
+    state = load_checkpoint(resume_from) if resume_from else None  # checks its files
+    if state is not None and state.step > config.max_steps:
+        raise ConfigError(f"max_steps: {config.max_steps} is below the step of {resume_from} ({state.step}); give "
+                          f"--max-steps {state.step} or more")
+    if resume and state is not None:
+        rewind_metrics(output_dir / "metrics.jsonl", state.metrics_lines, state.metrics_bytes, truncate=False)
+    elif resume and (output_dir / "final").exists():
+        raise ConfigError(f"--resume {output_dir}: it has a final model but no checkpoint (written before r1zero had "
+                          f"checkpoints, or they were deleted), so it cannot continue; start a new run from its "
+                          f"weights with --model {output_dir / 'final'}")
+    if not resume:
+        refuse_existing_run(output_dir)  # a new run never appends to another run's metrics
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    problems = load_problems(config.task, config.dataset, config.eval_dataset, config.eval_problems, config.seed,
-                             config.prompt_field, config.answer_field)
-    model_path = resolve_model_path(config.model)
-    tokenizer = load_tokenizer(model_path)
-    policy = load_model(model_path, config.dtype, device)
+    policy = load_model(resume_from or model_path, config.dtype, device)
     reference = load_model(model_path, config.dtype, device, trainable=False) if config.kl_coef > 0 else None
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
-    scorer = RewardScorer(config.reward_weights, problems.accuracy_reward)
+    scorer = RewardScorer(config.reward_weights, problems.accuracy_reward,
+                          time_limit_seconds=config.reward_timeout_seconds, workers=config.reward_workers,
+                          code_partial_credit=config.code_partial_credit,
+                          code_test_timeout_seconds=config.code_test_timeout_seconds)
     advantage_fn = algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage, "advantage estimator")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
     sampling = torch.Generator(device=device).manual_seed(config.seed)
     shuffling = torch.Generator().manual_seed(config.seed + 1)
-    logger = MetricsLogger(output_dir, config.tensorboard)
+    monitor = HealthMonitor()
+    first_step = 1
+    if state is not None:
+        state.restore(optimizer, scheduler, problems, monitor, {"sampling": sampling, "shuffling": shuffling})
+        first_step = state.step + 1
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(output_dir / "config.yaml", to_yaml(config))
+    if resume:  # lines written after the checkpoint (or all, without one) are written again
+        rewind_metrics(output_dir / "metrics.jsonl", state.metrics_lines if state else 0,
+                       state.metrics_bytes if state else 0)
+        console(f"r1zero: resuming from {resume_from} (step {state.step} of {config.max_steps})" if state else
+                f"r1zero: {output_dir} has no complete checkpoint yet: starting the run over")
+    purge_step = (first_step if state is not None else 0) if resume else None  # TensorBoard hides the rest
+    logger = MetricsLogger(output_dir, config.tensorboard, purge_step=purge_step)
+
+    def checkpoint(step: int) -> Path:
+        lines, size = logger.position()
+        generators = {"sampling": sampling.get_state(), "shuffling": shuffling.get_state()}
+        snapshot = TrainingState(step, optimizer.state_dict(), scheduler.state_dict(), problems.state_dict(),
+                                 monitor.state_dict(), generators, capture_global_rng(), lines, size)
+        return save_checkpoint(output_dir, snapshot, policy, tokenizer, config.keep_checkpoints)
 
     def encode(examples: list[Example]) -> list[list[int]]:
         return [tokenizer(build_prompt(e.prompt, config.template, tokenizer), add_special_tokens=False)["input_ids"]
@@ -210,11 +254,12 @@ def train(config: TrainConfig) -> Path:
                 f"({metrics['time/eval_seconds']:.0f}s)")
         policy.train()
 
-    progress = Progress(config.max_steps)
-    monitor = HealthMonitor()
-    run_evaluation(0)
+    progress = Progress(config.max_steps, start=first_step - 1)
+    if state is None:
+        run_evaluation(0)
     started_training = time.time()
-    for step in range(1, config.max_steps + 1):
+    nonfinite_steps = 0  # steps in a row with skipped (non-finite) updates
+    for step in range(first_step, config.max_steps + 1):
         step_started = time.time()
         # ---- 1. sample prompts ----------------------------------------------------------------------
         examples = problems.next_batch(config.prompts_per_step)  # B problems
@@ -252,6 +297,7 @@ def train(config: TrainConfig) -> Path:
         metrics = {
             "reward/mean": float(reward.mean()),
             **{f"reward/{name}": sum(values) / len(values) for name, values in rewards.components.items()},
+            **rewards.health,  # reward_health/<name>/timeouts, /parse_failures, /exceptions: counts this step
             "response/length_mean": sum(lengths) / len(lengths),
             "response/truncated_fraction": 1 - sum(generation.stopped) / len(lengths),
             "response/reflection_rate": reflection_rate(texts, tuple(config.reflection_words)),
@@ -285,16 +331,44 @@ def train(config: TrainConfig) -> Path:
             "kl": f"{metrics['kl']:.4f}",
             "tok/s": f"{metrics['throughput/tokens_per_second']:.0f}",
             "s/step": f"{seconds:.2f}",
-        }, eta_seconds=elapsed / step * (config.max_steps - step))
+        }, eta_seconds=elapsed / (step - first_step + 1) * (config.max_steps - step))
         if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
             run_evaluation(step)
+
+        # ---- 7. checkpoint, or stop -----------------------------------------------------------------------
+        nonfinite_steps = nonfinite_steps + 1 if update["skipped_updates"] else 0
+        interrupted = stop is not None and stop.requested is not None and step < config.max_steps  # last: finish
+        due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.max_steps
+        saved = checkpoint(step) if (due or interrupted) and nonfinite_steps == 0 else None  # never a bad step
+        if nonfinite_steps >= config.max_nonfinite_steps or interrupted:
+            progress.close()
+            scorer.close()
+            logger.close()
+            newest = f"the newest checkpoint is {latest_checkpoint(output_dir) or 'none (no checkpoint yet)'}"
+            if nonfinite_steps >= config.max_nonfinite_steps:
+                raise TrainingStopped(nonfinite_diagnosis(step, nonfinite_steps, config) + f"; {newest}")
+            where = f"saved {saved}" if saved else f"no checkpoint at this step (its update was not finite); {newest}"
+            raise TrainingInterrupted(f"stopped after step {step} of {config.max_steps} by "
+                                      f"{signal.Signals(stop.requested).name}: {where}. Continue with: r1zero train "
+                                      f"--resume {output_dir}", stop.requested)
 
     # ---- save ---------------------------------------------------------------------------------------------
     progress.close()
     save_model(policy, tokenizer, output_dir / "final")
+    scorer.close()  # the scoring pool's workers (they also exit on their own when this process ends)
     logger.close()
     console(f"saved {output_dir / 'final'}")
     return output_dir
+
+
+def nonfinite_diagnosis(step: int, count: int, config: TrainConfig) -> str:
+    """Why the run stopped after `count` steps in a row with non-finite updates, and what to try. (Rewards are
+    checked finite by the scorer, so the loss or the gradient overflowed.)"""
+    return (f"stopped at step {step}: {count} steps in a row (max_nonfinite_steps {config.max_nonfinite_steps}) had "
+            f"a NaN or infinite loss or gradient, so their updates were skipped and the weights are those of step "
+            f"{step - count}. Likely causes: dtype {config.dtype} (float16 overflows; use bfloat16 or float32), "
+            f"learning_rate {config.learning_rate} too high, max_grad_norm {config.max_grad_norm} (0 disables "
+            f"clipping). Start a new run from the checkpoint's weights (--model CHECKPOINT) with safer settings")
 
 
 def save_model(model, tokenizer, destination: Path) -> None:

@@ -6,6 +6,7 @@ import re
 
 from r1zero.example import Example
 from r1zero.rewards.format import extract_answer
+from r1zero.rewards.score import PARSE_FAILURE, Score
 
 # An optional sign and ASCII digits: the part of int()'s syntax an answer may use. int() alone
 # would also take "1_000" and non-ASCII digits such as "١٧"; those are rejected, as are
@@ -23,7 +24,7 @@ def _parse_integer(text: str) -> int | None:
         return None
 
 
-def integer_reward(completion: str, example: Example) -> float:
+def integer_reward(completion: str, example: Example) -> Score:
     """1.0 iff the text in <answer> is an integer equal to int(example.answer), else 0.0.
 
     Accepted: surrounding whitespace, a leading "+" or "-", leading zeros ("017" is 17; int()
@@ -34,9 +35,9 @@ def integer_reward(completion: str, example: Example) -> float:
 
     >>> example = Example(id="sums-1", prompt="What is 9 + 8?", answer="17")
     >>> integer_reward("<think> 9 + 8 = 17 </think> <answer> 17 </answer>", example)
-    1.0
+    Score(1.0, 'correct')
     >>> integer_reward("<think> 9 + 8 = 17 </think> <answer> 17.0 </answer>", example)
-    0.0
+    Score(0.0, 'answer is not an integer', 'parse_failure')
     """
     gold = _parse_integer(example.answer)
     if gold is None:
@@ -46,5 +47,8 @@ def integer_reward(completion: str, example: Example) -> float:
         )
     answer = extract_answer(completion)
     if answer is None:
-        return 0.0
-    return 1.0 if _parse_integer(answer) == gold else 0.0
+        return Score(0.0, "no answer tag", PARSE_FAILURE)
+    value = _parse_integer(answer)
+    if value is None:
+        return Score(0.0, "answer is not an integer", PARSE_FAILURE)
+    return Score(1.0, "correct") if value == gold else Score(0.0, "wrong answer")

@@ -8,6 +8,7 @@ enforces the model to put its thinking process between '<think>' and '</think>' 
 from __future__ import annotations
 
 from r1zero.example import Example
+from r1zero.rewards.score import Score
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -34,8 +35,8 @@ def extract_answer(completion: str) -> str | None:
     return completion[start:end].strip()
 
 
-def format_reward(completion: str, example: Example) -> float:
-    """1.0 iff the completion is exactly one think block followed by one answer block, else 0.0.
+def format_reward(completion: str, example: Example) -> Score:
+    """1.0 iff the completion is exactly one think block followed by one answer block, else 0.0 (with the reason).
 
     Strictly: after stripping surrounding whitespace, the completion must be
         <think>X</think>  optional whitespace  <answer>Y</answer>
@@ -47,24 +48,26 @@ def format_reward(completion: str, example: Example) -> float:
 
     >>> example = Example(id="sums-1", prompt="What is 3 + 5?", answer="8")
     >>> format_reward("<think> 3 + 5 = 8 </think> <answer> 8 </answer>", example)
-    1.0
+    Score(1.0, 'well formed')
     >>> format_reward("<answer> 8 </answer>", example)
-    0.0
+    Score(0.0, 'does not start with <think>')
     """
     text = completion.strip()
     if not text.startswith(THINK_OPEN):
-        return 0.0
+        return Score(0.0, "does not start with <think>")
     think_end = text.find(THINK_CLOSE)
     if think_end < 0:
-        return 0.0
+        return Score(0.0, "no </think>")
     thought = text[len(THINK_OPEN) : think_end]
     rest = text[think_end + len(THINK_CLOSE) :].lstrip()
-    if len(rest) < len(ANSWER_OPEN) + len(ANSWER_CLOSE):
-        return 0.0
-    if not (rest.startswith(ANSWER_OPEN) and rest.endswith(ANSWER_CLOSE)):
-        return 0.0
+    if not rest.startswith(ANSWER_OPEN):
+        return Score(0.0, "no <answer> right after </think>")
+    if len(rest) < len(ANSWER_OPEN) + len(ANSWER_CLOSE) or not rest.endswith(ANSWER_CLOSE):
+        return Score(0.0, "does not end with </answer>")
     answer = rest[len(ANSWER_OPEN) : -len(ANSWER_CLOSE)]
-    for block in (thought, answer):
-        if not block.strip() or any(tag in block for tag in TAGS):
-            return 0.0
-    return 1.0
+    for name, block in (("think", thought), ("answer", answer)):
+        if not block.strip():
+            return Score(0.0, f"empty {name} block")
+        if any(tag in block for tag in TAGS):
+            return Score(0.0, f"a tag inside the {name} block")
+    return Score(1.0, "well formed")

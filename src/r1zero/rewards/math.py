@@ -14,6 +14,7 @@ from math_verify.errors import TimeoutException
 
 from r1zero.example import Example
 from r1zero.rewards.format import extract_answer
+from r1zero.rewards.score import EXCEPTION, PARSE_FAILURE, TIMEOUT, Score
 
 # LaTeX first (\frac{1}{2}, x^2, \sqrt{2}, also plain numbers), then plain expressions (1,000;
 # $5) for what LaTeX parsing misses. A \boxed{} is read first wherever it is.
@@ -55,32 +56,45 @@ def _parse_math(text: str, timeout_seconds: int | None) -> list:
     return parse(text, extraction_config=_EXTRACTION, parsing_timeout=timeout_seconds)
 
 
-def math_reward(completion: str, example: Example) -> float:
-    """1.0 iff the answer in <answer> is mathematically equal to example.answer, else 0.0.
+def math_reward(completion: str, example: Example) -> Score:
+    """1.0 iff the answer in <answer> is mathematically equal to example.answer, else 0.0 (with the reason).
 
     The answer is the text in the first <answer>...</answer> pair, or, if it holds a \\boxed{},
     the content of its last \\boxed{}. Both it and the gold answer are parsed by math_verify
     (plain numbers, LaTeX, $...$) and compared with math_verify.verify, so "0.5", "1/2" and
     "\\frac{1}{2}" are all equal. No answer pair, a failed parse or any exception gives 0.0.
 
+    Pathological answers (9^9^9^9, deeply nested LaTeX, megabytes of text) can make math_verify run for minutes
+    in C code that no signal interrupts; RewardScorer therefore runs this reward in its scoring pool, whose
+    worker processes are killed at a hard per-sample limit (`needs_isolation` below). Its own SIGALRM timeouts
+    work only on a main thread, and are a second layer there.
+
     >>> example = Example(id="math-1", prompt="Half of 1?", answer="\\\\frac{1}{2}")
     >>> math_reward("<think> 1 / 2 </think> <answer> 0.5 </answer>", example)
-    1.0
+    Score(1.0, 'correct')
     >>> math_reward("<think> 1 / 3 </think> <answer> \\\\boxed{1/3} </answer>", example)
-    0.0
+    Score(0.0, 'wrong answer')
     """
     answer = extract_answer(completion)
     if answer is None:
-        return 0.0
+        return Score(0.0, "no answer tag", PARSE_FAILURE)
     answer = last_boxed_content(answer) or answer
-    # Runs on the calling thread; worker-process timeouts come in a later issue.
     on_main_thread = threading.current_thread() is threading.main_thread()
     timeout_seconds = _TIMEOUT_SECONDS if on_main_thread else None
     try:
         gold_parsed = _parse_math(example.answer, timeout_seconds)
+        if not gold_parsed:
+            return Score(0.0, f"reference answer {example.answer!r:.60} cannot be parsed", PARSE_FAILURE)
         answer_parsed = _parse_math(answer, timeout_seconds)
-        if not gold_parsed or not answer_parsed:
-            return 0.0
-        return 1.0 if verify(gold_parsed, answer_parsed, timeout_seconds=timeout_seconds) else 0.0
-    except (Exception, TimeoutException):  # TimeoutException is a BaseException
-        return 0.0
+        if not answer_parsed:
+            return Score(0.0, "answer cannot be parsed", PARSE_FAILURE)
+        if verify(gold_parsed, answer_parsed, timeout_seconds=timeout_seconds):
+            return Score(1.0, "correct")
+        return Score(0.0, "wrong answer")
+    except TimeoutException:  # a BaseException
+        return Score(0.0, "timeout (math_verify's own limit)", TIMEOUT)
+    except Exception as error:
+        return Score(0.0, f"math_verify raised {type(error).__name__}", EXCEPTION)
+
+
+math_reward.needs_isolation = True  # run by the scoring pool, in worker processes killed at a hard time limit

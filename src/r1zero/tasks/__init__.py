@@ -1,4 +1,4 @@
-"""Where problems come from: built-in tasks (generated) or a user's JSONL file.
+"""Where problems come from: built-in tasks (generated) or a user's data (JSONL, Parquet, CSV, saved dataset).
 
 A `ProblemSource` yields training batches and a fixed held-out list, and names the accuracy reward that
 checks its answers. The trainer sees only this interface.
@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1zero.example import Example
-from r1zero.tasks import sums
-from r1zero.tasks.jsonl import DataError, load_jsonl_examples
+from r1zero.tasks import code, countdown, sums
+from r1zero.tasks.data import load_examples
+from r1zero.tasks.jsonl import DataError
 
-TASKS = {sums.NAME: sums}
+TASKS = {sums.NAME: sums, countdown.NAME: countdown, code.NAME: code}
 
 
 @dataclass
@@ -40,17 +41,29 @@ class ProblemSource:
             batch.append(self.train_examples[self._order.pop()])
         return batch
 
+    def state_dict(self) -> dict:
+        """The data position: the random.Random's state and what is left of the current epoch's order."""
+        return {"rng": self.rng.getstate(), "order": list(self._order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a `state_dict()`: the next batches are those the saved source would have given."""
+        self.rng.setstate(state["rng"])
+        self._order = list(state["order"])
+
 
 def load_problems(task: str, dataset: str | None, eval_dataset: str | None, eval_problems: int, seed: int,
-                  prompt_field: str = "prompt", answer_field: str = "answer") -> ProblemSource:
+                  prompt_field: str = "prompt", answer_field: str = "answer", answer_format: str = "plain",
+                  dataset_reward: str = "math") -> ProblemSource:
+    """A built-in task, or a dataset (r1zero.tasks.data.load_examples: every row checked for dataset_reward)."""
     rng = random.Random(seed)
     if dataset is None:
         module = TASKS[task]
         return ProblemSource(task, module.ACCURACY_REWARD, module.held_out(eval_problems), generated_task=module,
                              rng=rng)
-    examples = load_jsonl_examples(dataset, prompt_field, answer_field)
+    examples = load_examples(dataset, prompt_field, answer_field, answer_format, dataset_reward)
     if eval_dataset is not None:
-        held_out = load_jsonl_examples(eval_dataset, prompt_field, answer_field)[:eval_problems]
+        held_out = load_examples(eval_dataset, prompt_field, answer_field, answer_format, dataset_reward)
+        held_out = held_out[:eval_problems]
         train = examples
     else:
         count = min(eval_problems, len(examples) // 5)
@@ -60,4 +73,4 @@ def load_problems(task: str, dataset: str | None, eval_dataset: str | None, eval
         shuffled = examples[:]
         random.Random(0).shuffle(shuffled)  # the split depends on the data only, not on the run's seed
         held_out, train = shuffled[:count], shuffled[count:]
-    return ProblemSource(Path(dataset).name, "math", held_out, train_examples=train, rng=rng)
+    return ProblemSource(Path(dataset).name, dataset_reward, held_out, train_examples=train, rng=rng)

@@ -39,6 +39,17 @@ def load_jsonl_examples(
     Example(id='data.jsonl:1', prompt='What is 3 + 5?', answer='8', metadata={})
     """
     path = Path(path)
+    examples = [example_from_record(record, f"{path}:{row}", f"{path.name}:{row}", prompt_field, answer_field)
+                for row, record in iter_jsonl_records(path)]
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or only blank lines); add one JSON object per line")
+    return examples
+
+
+def iter_jsonl_records(path: str | Path):
+    """(1-based line number, JSON object) for each non-blank line; DataError naming the file and line for a line
+    that is not UTF-8, not JSON, or not an object."""
+    path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -48,7 +59,6 @@ def load_jsonl_examples(
     if raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM) :]
 
-    examples = []
     for row, line_bytes in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}:{row}"  # "file:row", as editors and compilers print it
         try:
@@ -72,14 +82,21 @@ def load_jsonl_examples(
                 f"{where}: a JSON {_json_type_name(record)} where a JSON object was expected; "
                 'each line must be one JSON object, e.g. {"prompt": "What is 3 + 5?", "answer": "8"}'
             )
-        prompt = _text_field(record, prompt_field, where)
-        answer = _text_field(record, answer_field, where)
-        metadata = {key: value for key, value in record.items() if key not in (prompt_field, answer_field)}
-        examples.append(Example(id=f"{path.name}:{row}", prompt=prompt, answer=answer, metadata=metadata))
+        yield row, record
 
-    if not examples:
-        raise DataError(f"{path}: no examples (the file is empty or only blank lines); add one JSON object per line")
-    return examples
+
+def example_from_record(record: dict, where: str, example_id: str, prompt_field: str = "prompt",
+                        answer_field: str = "answer", answer_required: bool = True) -> Example:
+    """One row as an Example: prompt_field and answer_field as stripped non-empty text (the answer may be absent
+    or empty when not answer_required), every other field in metadata. `where` ("file:row") starts every
+    error."""
+    prompt = _text_field(record, prompt_field, where)
+    if answer_required or record.get(answer_field) not in (None, ""):
+        answer = _text_field(record, answer_field, where)
+    else:
+        answer = ""
+    metadata = {key: value for key, value in record.items() if key not in (prompt_field, answer_field)}
+    return Example(id=example_id, prompt=prompt, answer=answer, metadata=metadata)
 
 
 def _text_field(record: dict, field: str, where: str) -> str:

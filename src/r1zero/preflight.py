@@ -1,0 +1,91 @@
+"""Everything checked before a run starts: settings, data files, the tokenizer, prompt lengths.
+
+    r1zero train --check --dataset problems.jsonl --model path/to/model    # these checks only, then exit
+
+Nothing here loads model weights or writes a file: a bad input fails in seconds, with the file and row in the
+message, and leaves an existing output folder as it was. `train()` runs the same checks first.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import NamedTuple
+
+from r1zero.config import TrainConfig
+from r1zero.example import Example
+from r1zero.models import context_length, load_tokenizer, resolve_model_path
+from r1zero.tasks import ProblemSource, load_problems
+from r1zero.tasks.jsonl import DataError
+from r1zero.templates import build_prompt
+
+PROMPTS_MEASURED = 4096  # above this many problems, only the longest (in characters) are tokenized
+GENERATED_SAMPLE = 64  # training problems drawn (from a separate random.Random) to measure a generated task
+
+
+class PreparedRun(NamedTuple):
+    """What the checks loaded on the way, for the trainer to use."""
+
+    problems: ProblemSource
+    model_path: Path
+    tokenizer: object
+    warnings: list[str]  # settings that are valid but have no effect together (TrainConfig.validate)
+
+
+def prepare_run(config: TrainConfig) -> PreparedRun:
+    """Validate the settings, load the problems and the tokenizer, and check that every measured prompt plus
+    max_new_tokens fits the model's context. Raises ConfigError, DataError or FileNotFoundError."""
+    warnings = config.validate()
+    problems = load_problems(config.task, config.dataset, config.eval_dataset, config.eval_problems, config.seed,
+                             config.prompt_field, config.answer_field, config.answer_format, config.dataset_reward)
+    model_path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(model_path)
+    context = context_length(model_path)
+    if context is not None:
+        sources = {Path(path).name: path for path in (config.dataset, config.eval_dataset) if path}
+        check_prompts_fit(problems, tokenizer, config.template, config.max_new_tokens, context,
+                          model_path / "config.json", sources)
+    return PreparedRun(problems, model_path, tokenizer, warnings)
+
+
+def check_prompts_fit(problems: ProblemSource, tokenizer, template: str, max_new_tokens: int, context: int,
+                      context_source: Path, sources: dict[str, str]) -> None:
+    """DataError naming the rows whose templated prompt plus max_new_tokens is longer than `context` tokens.
+
+    Measured: every held-out and training problem, or the PROMPTS_MEASURED longest in characters when there
+    are more; for a generated task, the held-out problems and GENERATED_SAMPLE training problems.
+    `sources` maps a data file's name (the prefix of its examples' ids) to the path to show in the message.
+    """
+    candidates = list(problems.held_out)
+    if problems.train_examples is not None:
+        candidates += problems.train_examples
+    elif problems.generated_task is not None:
+        candidates += problems.generated_task.sample_train(random.Random(0), GENERATED_SAMPLE)
+    if len(candidates) > PROMPTS_MEASURED:
+        candidates = sorted(candidates, key=lambda example: len(example.prompt))[-PROMPTS_MEASURED:]
+    texts = [build_prompt(example.prompt, template, tokenizer) for example in candidates]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    too_long = [(example, length) for example, length in zip(candidates, lengths) if length + max_new_tokens > context]
+    if not too_long:
+        return
+    too_long.sort(key=lambda pair: (-pair[1], _row(pair[0])))  # longest first, then in file order
+    rows = "\n  ".join(f"{_where(example, sources)}: {length} tokens" for example, length in too_long[:5])
+    more = f"\n  ... and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+    longest = too_long[0][1]
+    fix = (f"lower max_new_tokens to {context - longest} or less" if longest < context
+           else "the prompt alone fills the context")
+    raise DataError(f"{len(too_long)} prompt(s) with the {template} template plus max_new_tokens {max_new_tokens} are "
+                    f"longer than the model's context of {context} tokens ({context_source}):\n  {rows}{more}\n"
+                    f"Shorten or remove these rows, or {fix}.")
+
+
+def _row(example: Example) -> int:
+    """The row of an example from a data file (ids are "<file name>:<row>"); 0 for generated ones."""
+    row = example.id.rpartition(":")[2]
+    return int(row) if row.isdigit() else 0
+
+
+def _where(example: Example, sources: dict[str, str]) -> str:
+    """"path/to/data.jsonl:7" for a row of a data file (ids are "<file name>:<row>"), else the example's id."""
+    name, _, row = example.id.rpartition(":")
+    return f"{sources[name]}:{row}" if name in sources and row.isdigit() else example.id
