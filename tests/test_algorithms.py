@@ -18,21 +18,27 @@ from r1zero.algorithms import (
     LOSS_AGGREGATIONS,
     PolicyLoss,
     clipped_surrogate_loss,
+    clipped_value_loss,
     constant_weights,
     dr_grpo_advantages,
     entropy_from_logits,
+    gae,
     grpo_advantages,
+    informative_groups,
     kl_k1,
     kl_k2,
     kl_k3,
     lookup,
     masked_mean,
+    outcome_token_rewards,
+    overlong_penalty,
     pass_at_k,
     reinforce_advantages,
     rloo_advantages,
     sequence_weights,
     token_logprobs,
     token_weights,
+    whiten,
 )
 
 F64 = torch.float64
@@ -539,3 +545,87 @@ def test_lookup_returns_entry_and_lists_valid_names():
         lookup(KL_ESTIMATORS, "k4", "KL estimator")
     with pytest.raises(ValueError, match="valid: constant, sequence, token"):
         lookup(LOSS_AGGREGATIONS, "seq", "loss aggregation")
+
+
+# ----------------------------------------------------------------------------- PPO with a critic, DAPO
+
+
+def test_gae_monte_carlo_case_by_hand():
+    # gamma = lam = 1: A_t = reward-to-go - V_t, returns = reward-to-go = 1 everywhere
+    result = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3), 1.0, 1.0)
+    assert_close(result.advantages, torch.tensor([[0.5, 0.4, 0.3]]))
+    assert_close(result.returns, torch.tensor([[1.0, 1.0, 1.0]]))
+
+
+def test_gae_discounted_with_padding_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 5.0]])  # row 1: position 2 is padding holding junk
+    values = torch.tensor([[0.5, 0.6, 0.7], [0.2, 0.4, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    result = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # row 0: delta2 = 1 - .7 = .3; delta1 = .9*.7 - .6 = .03; A1 = .03 + .45*.3 = .165
+    #        delta0 = .9*.6 - .5 = .04; A0 = .04 + .45*.165 = .11425
+    # row 1: delta1 = 1 - .4 = .6 (nothing after the last real token); delta0 = .9*.4 - .2 = .16; A0 = .16+.45*.6
+    assert_close(result.advantages, torch.tensor([[0.11425, 0.165, 0.3], [0.43, 0.6, 0.0]]))
+    assert_close(result.returns, torch.tensor([[0.61425, 0.765, 1.0], [0.63, 1.0, 0.0]]))
+
+
+def test_gae_matches_the_sum_of_discounted_td_errors():
+    """A_t = sum_l (gamma lam)^l delta_{t+l}, computed by a plain double loop, on random right-padded rows."""
+    generator = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(5, 7, generator=generator), torch.randn(5, 7, generator=generator)
+    lengths = [7, 1, 4, 0, 6]
+    mask = torch.tensor([[1.0 if t < n else 0.0 for t in range(7)] for n in lengths])
+    gamma, lam = 0.95, 0.8
+    expected = torch.zeros(5, 7)
+    for i, n in enumerate(lengths):
+        deltas = [rewards[i, t] + gamma * (values[i, t + 1] if t + 1 < n else 0.0) - values[i, t] for t in range(n)]
+        for t in range(n):
+            expected[i, t] = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
+    result = gae(rewards, values, mask, gamma, lam)
+    assert_close(result.advantages, expected)
+    assert_close(result.returns, (expected + values) * mask)
+
+
+def test_gae_rejects_bad_discounts():
+    with pytest.raises(ValueError, match="gamma"):
+        gae(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), 1.5, 0.9)
+
+
+def test_whiten_by_hand_ignores_padding():
+    result = whiten(torch.tensor([[1.0, 2.0], [3.0, 100.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    # mean 2, population variance (1 + 0 + 1) / 3, std 0.81650
+    assert_close(result, torch.tensor([[-1.224745, 0.0], [1.224745, 0.0]]))
+
+
+def test_clipped_value_loss_by_hand():
+    values = torch.tensor([[1.0, 1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.8, 0.0]])
+    returns = torch.tensor([[2.0, 0.0, 0.0]])
+    result = clipped_value_loss(values, old, returns, clip=0.5)
+    # col 0: unclipped (1-2)^2 = 1, clipped V = 0.5 -> 2.25: the larger, so clipped, loss 1.125, no gradient
+    # col 1: inside the range, both 1 -> 0.5; col 2: unclipped 1 > clipped (-0.5)^2 = .25 -> 0.5, gradient flows
+    assert_close(result.per_token_loss, torch.tensor([[1.125, 0.5, 0.5]]))
+    assert result.is_clipped.tolist() == [[True, False, False]]
+    result.per_token_loss.sum().backward()
+    assert_close(values.grad, torch.tensor([[0.0, 1.0, -1.0]]))  # d/dV 0.5 (V - R)^2 = V - R
+    unclipped = clipped_value_loss(values.detach(), old, returns, clip=0.0)
+    assert_close(unclipped.per_token_loss, torch.tensor([[0.5, 0.5, 0.5]]))
+
+
+def test_outcome_token_rewards_go_on_the_last_real_token():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    result = outcome_token_rewards(torch.tensor([1.0, 2.0, 3.0]), mask)
+    assert_close(result, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+
+
+def test_informative_groups():
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [0.5, 0.5]])
+    assert informative_groups(rewards).tolist() == [False, True, False, False]
+
+
+def test_overlong_penalty_by_hand():
+    lengths = torch.tensor([5, 6, 7, 8, 10, 11])
+    # budget 10, buffer 4: free up to 6, then -1/4 per token, -1 past the budget
+    assert_close(overlong_penalty(lengths, 10, 4), torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0, -1.0]))
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, 10, 0)

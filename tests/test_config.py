@@ -45,7 +45,7 @@ def test_bad_recipes_name_the_problem(tmp_path, yaml_text, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"advantage": "gpro"}, "advantage: 'gpro' is not one of dr_grpo, grpo, reinforce, rloo"),
+    ({"advantage": "gpro"}, "advantage: 'gpro' is not one of dr_grpo, gae, grpo, reinforce, rloo"),
     ({"loss_aggregation": "mean"}, "loss_aggregation: 'mean' is not one of constant, sequence, token"),
     ({"prompts_per_step": 3, "group_size": 4, "minibatch_size": 5}, "minibatch_size: 5 does not divide the batch"),
     ({"minibatch_size": 8, "microbatch_size": 3}, "microbatch_size: 3 does not divide minibatch_size 8"),
@@ -66,3 +66,13 @@ def test_check_flag_validates_and_exits_without_training(capsys):
     assert "max_steps: 3" in out and "settings are valid" in out
     assert main(["train", "--check", "--advantage", "nope"]) == 2
     assert "advantage: 'nope' is not one of" in capsys.readouterr().err
+
+
+def test_settings_for_ppo_lora_dapo_are_checked():
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(kl_penalty="reward", gae_gamma=1.5, lora_dropout=1.0, overlong_buffer=100, max_new_tokens=48,
+                    dynamic_sampling=True, group_size=1, advantage="reinforce").validate()
+    message = str(error.value)
+    for expected in ("kl_penalty: 'reward'", "gae_gamma: must be between 0 and 1", "lora_dropout",
+                     "overlong_buffer: 100 is longer than max_new_tokens 48", "dynamic_sampling"):
+        assert expected in message

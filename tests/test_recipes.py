@@ -50,6 +50,14 @@ def test_countdown_recipe(llama_dir, tmp_path):
         ("countdown", 1e-6, 0.001, "token")
 
 
+def test_ppo_countdown_recipe(llama_dir, tmp_path):
+    steps, saved = run_recipe("ppo_countdown", llama_dir, tmp_path, group_size=1, minibatch_size=1)
+    check_steps(steps, {"accuracy": 1.0, "format": 0.1}, samples=2)
+    assert all(step["critic/value_loss"] >= 0 and "critic/explained_variance" in step for step in steps)
+    assert (saved["advantage"], saved["critic_learning_rate"], saved["kl_penalty"], saved["kl_coef"]) == \
+        ("gae", 1e-5, "reward", 0.001)
+
+
 def test_math_jsonl_recipe_on_a_gsm8k_style_file(llama_dir, tmp_path):
     data = tmp_path / "gsm.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {a}?", "answer": f"{a} + {a} = {2 * a}\n#### "

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from r1zero.config import TrainConfig
 from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.models import full_sequence_logprobs
-from r1zero.trainer import pack_rollout, train, update_policy
+from r1zero.trainer import pack_rollout, train, update_plan, update_policy
 
 
 def test_pack_rollout_left_pads_prompts_and_right_pads_completions():
@@ -65,7 +65,8 @@ def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
                              loss_aggregation=aggregation, max_new_tokens=6, max_grad_norm=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         rollout.ref_logprobs = rollout.ref_logprobs.double()
-        metrics = update_policy(model, optimizer, rollout, config, torch.Generator().manual_seed(0))
+        plan = update_plan(6, config, torch.Generator().manual_seed(0), torch.device("cpu"))
+        metrics = update_policy(model, optimizer, rollout, config, plan)
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics["loss"]))
     # Rows of one group share their prompt's KV cache inside a micro-batch but not across micro-batches. In
     # float64 that moves the value-projection gradients by ~1e-7 relative (the full-sequence path agrees to 1e-15;

@@ -125,6 +125,109 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
 }
 
 
+# ----------------------------------------------------------------------------- PPO with a critic
+
+
+class GAE(NamedTuple):
+    """What `gae` returns; both (N, T), 0 on padding."""
+
+    advantages: Tensor  # (N, T)
+    returns: Tensor  # (N, T) advantages + values: the critic's regression target
+
+
+def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> GAE:
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded completions.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V past the last real token is 0: the episode ends)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t
+
+    token_rewards, values, mask: (N, T). values[:, t] is the critic's V(s_t), the state before completion
+    token t is generated; token_rewards[:, t] is the reward for token t (the outcome reward on the last real
+    token, minus a KL penalty per token when it is folded into the reward). Padding gets 0 and never leaks
+    into real positions, whatever values or rewards it holds. lam = 1 makes A_t the reward-to-go minus V_t
+    (Monte Carlo); lam = 0 the one-step TD error.
+    """
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gae needs 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma={gamma}, lam={lam}")
+    mask = mask.to(values.dtype)
+    token_rewards, values = token_rewards * mask, values * mask  # (N, T): padding cannot leak
+    advantages = torch.zeros_like(values)  # (N, T)
+    next_value = torch.zeros_like(values[:, 0])  # (N,)
+    next_advantage = torch.zeros_like(values[:, 0])  # (N,)
+    for t in reversed(range(values.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]  # (N,)
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value, next_advantage = values[:, t], advantages[:, t]  # both 0 on padding
+    return GAE(advantages=advantages, returns=(advantages + values) * mask)
+
+
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / (std + eps) over the real tokens, the PPO advantage normalisation; padding stays 0.
+    std is the population std (divides by the token count)."""
+    mean = masked_mean(values, mask)
+    std = masked_mean((values - mean) ** 2, mask).sqrt()
+    return (values - mean) / (std + eps) * mask  # (N, T)
+
+
+class ValueLoss(NamedTuple):
+    """What `clipped_value_loss` returns; both (N, T)."""
+
+    per_token_loss: Tensor  # (N, T) aggregate with loss aggregation weights
+    is_clipped: Tensor  # (N, T) bool: the clipped error was the larger, so this token's gradient is 0
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float) -> ValueLoss:
+    """PPO's clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2).
+
+    The critic may not move its prediction more than `clip` from the value it gave when the batch was
+    generated (Schulman et al. 2017's implementation; TinyZero/verl default 0.5). clip <= 0 disables it.
+    """
+    unclipped = (values - returns) ** 2  # (N, T)
+    if clip <= 0:
+        return ValueLoss(0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool))
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)  # (N, T)
+    clipped = (clipped_values - returns) ** 2  # (N, T)
+    return ValueLoss(0.5 * torch.maximum(unclipped, clipped), clipped > unclipped)
+
+
+def outcome_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Put each sequence's scalar reward (N,) on its last real token: (N, T), 0 elsewhere. A row with no
+    tokens gets nothing (no position to hold it)."""
+    lengths = mask.sum(dim=1).long()  # (N,)
+    token_rewards = torch.zeros_like(mask, dtype=rewards.dtype)  # (N, T)
+    rows = torch.nonzero(lengths > 0).squeeze(-1)
+    token_rewards[rows, lengths[rows] - 1] = rewards[rows]
+    return token_rewards
+
+
+# ----------------------------------------------------------------------------- DAPO: dynamic sampling, overlong shaping
+
+
+def informative_groups(rewards: Tensor) -> Tensor:
+    """(B,) bool: groups whose G rewards are not all equal. DAPO's dynamic sampling keeps only these: a
+    group that is all right or all wrong has zero advantage under any group baseline, so no gradient."""
+    return (rewards != rewards[:, :1]).any(dim=1)
+
+
+def overlong_penalty(lengths: Tensor, max_length: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward:
+
+        0                                  if L <= max_length - buffer
+        (max_length - buffer - L) / buffer if max_length - buffer < L <= max_length   (0 down to -1)
+        -1                                 if L > max_length
+
+    lengths (N,) in tokens. buffer is DAPO's L_cache (4096 of a 20480 budget in the paper).
+    """
+    if not 0 < buffer <= max_length:
+        raise ValueError(f"overlong_penalty needs 0 < buffer <= max_length, got buffer={buffer}, "
+                         f"max_length={max_length}")
+    start = max_length - buffer
+    penalty = (start - lengths.to(torch.float32)) / buffer  # (N,)
+    penalty = torch.where(lengths <= start, torch.zeros_like(penalty), penalty)
+    return torch.where(lengths > max_length, torch.full_like(penalty, -1.0), penalty)
+
+
 # ----------------------------------------------------------------------------- log-probabilities, entropy
 
 

@@ -75,6 +75,7 @@ class TrainingState:
     metrics_lines: int  # complete lines of metrics.jsonl at this step
     metrics_bytes: int  # its size in bytes at this step: where a resumed run cuts it back to
     format: int = STATE_FORMAT
+    critic: dict | None = None  # PPO: the value model's weights and its optimizer state
 
     def restore(self, optimizer, scheduler, problems, health, generators: dict[str, torch.Generator]) -> None:
         """Load this state into freshly built training objects (the weights are loaded from the folder)."""
@@ -171,9 +172,10 @@ def load_checkpoint(folder: str | Path) -> TrainingState:
     if not state_path.is_file():
         raise CheckpointError(f"{state_path}: missing, so the checkpoint is incomplete or damaged; {advice}")
     weights = sorted(folder.glob("*.safetensors"))
-    if not (folder / "config.json").is_file() or not weights:
-        raise CheckpointError(f"{folder}: no model weights (config.json and *.safetensors) beside {STATE_FILE}; "
-                              f"{advice}")
+    has_config = (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()  # model or LoRA
+    if not has_config or not weights:
+        raise CheckpointError(f"{folder}: no model weights (config.json or adapter_config.json, and *.safetensors) "
+                              f"beside {STATE_FILE}; {advice}")
     from safetensors import safe_open
 
     for path in weights:  # reads each header and checks the file is as long as the header says
@@ -191,7 +193,8 @@ def load_checkpoint(folder: str | Path) -> TrainingState:
         raise CheckpointError(f"{state_path}: state format {found}, this r1zero reads format {STATE_FORMAT}; "
                               f"resume with the r1zero version that wrote it")
     expected = {f.name for f in dataclasses.fields(TrainingState)}
-    if set(fields) != expected:
+    optional = {"critic"}  # added later: checkpoints written before it are still read
+    if not expected - optional <= set(fields) <= expected:
         raise CheckpointError(f"{state_path}: fields {sorted(set(fields) ^ expected)} missing or unexpected; "
                               f"{advice}")
     return TrainingState(**fields)

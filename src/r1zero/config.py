@@ -96,7 +96,8 @@ class TrainConfig:
     # ---- algorithm ------------------------------------------------------------------------------
     advantage: str = "grpo"
     """Advantage estimator: grpo (group-standardised), dr_grpo (group mean removed, no std), rloo (leave-one-out),
-    reinforce (batch mean removed)."""
+    reinforce (batch mean removed), or gae: PPO with a learned critic (a value model initialised from the base
+    model; see the critic settings below)."""
     loss_aggregation: str = "sequence"
     """How token losses become one number: sequence (mean per response, then over responses: GRPO), token (mean
     over all tokens: DAPO), constant (sum / max_new_tokens, then mean over responses: Dr. GRPO)."""
@@ -126,6 +127,53 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm (0: no clipping)."""
+    kl_penalty: str = "loss"
+    """Where the KL to the reference goes: loss (beta x KL added to the policy loss, GRPO and R1-Zero) or reward
+    (beta x KL subtracted from each token's reward before advantages, InstructGPT and TinyZero's PPO; needs
+    advantage gae, the only estimator that sees per-token rewards)."""
+
+    # ---- PPO with a critic (advantage: gae) --------------------------------------------------------
+    critic_learning_rate: float = 1e-5
+    """AdamW learning rate of the value model (TinyZero: 1e-5 with an actor lr of 1e-6)."""
+    gae_gamma: float = 1.0
+    """GAE discount gamma. 1 (TinyZero, verl): the outcome reward counts fully at every token."""
+    gae_lambda: float = 1.0
+    """GAE lambda: 1 is the Monte Carlo return minus the value, 0 the one-step TD error (TinyZero: 1)."""
+    value_clip: float = 0.5
+    """The value loss is clipped once the critic moves more than this from its prediction at generation time
+    (PPO; verl's default 0.5). 0: no clipping."""
+    critic_warmup_steps: int = 0
+    """Training steps at the start that update only the critic, so the policy first sees advantages from a
+    critic that has learned something."""
+    whiten_advantages: bool = True
+    """Standardise GAE advantages over the batch's tokens (PPO practice). Group estimators ignore it."""
+
+    # ---- LoRA ------------------------------------------------------------------------------------------
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank instead of all weights (0: full fine-tuning). The reference model is then
+    the same weights with the adapters switched off: no second copy in memory. final/ holds the merged model and
+    final/adapter/ the adapter."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator: the update is (alpha / rank) x B A."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get adapters, e.g. q_proj,v_proj; all-linear: every linear layer but the output head."""
+
+    # ---- DAPO: dynamic sampling, overlong shaping -------------------------------------------------------
+    dynamic_sampling: bool = False
+    """Drop prompt groups whose rewards are all equal (no gradient) and draw more prompts until the batch is full
+    of informative groups (DAPO). Costs extra generation rounds; see max_sampling_rounds."""
+    max_sampling_rounds: int = 3
+    """With dynamic_sampling: generation rounds per step at most; then the batch is filled up with dropped groups."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: responses longer than max_new_tokens - overlong_buffer lose reward
+    linearly, down to -overlong_penalty_factor at max_new_tokens. 0: off. DAPO: 4096 of 20480."""
+    overlong_penalty_factor: float = 1.0
+    """Largest overlong penalty (DAPO: 1.0)."""
+    mask_truncated: bool = False
+    """Leave responses cut at max_new_tokens out of the loss (DAPO's overlong filtering): their reward says
+    nothing about the answer they never wrote."""
 
     # ---- rewards --------------------------------------------------------------------------------
     reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
@@ -206,9 +254,10 @@ class TrainConfig:
                 if getattr(self, name) <= 0:
                     problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
 
-        choice("advantage", ADVANTAGE_ESTIMATORS)
+        choice("advantage", [*ADVANTAGE_ESTIMATORS, "gae"])
         choice("loss_aggregation", LOSS_AGGREGATIONS)
         choice("kl_estimator", KL_ESTIMATORS)
+        choice("kl_penalty", ("loss", "reward"))
         choice("template", TEMPLATES)
         choice("dtype", ("float32", "bfloat16", "float16"))
         if self.dataset is None:
@@ -217,8 +266,26 @@ class TrainConfig:
         choice("dataset_reward", DATASET_REWARDS)
         positive("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "eval_problems",
                  "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps")
+        positive("critic_learning_rate", "max_sampling_rounds", "lora_alpha")
+        for name in ("gae_gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name}: must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_rank and not self.lora_target_modules:
+            problems.append("lora_target_modules: give at least one module name (e.g. q_proj,v_proj) or all-linear")
+        if self.overlong_buffer > self.max_new_tokens:
+            problems.append(f"overlong_buffer: {self.overlong_buffer} is longer than max_new_tokens "
+                            f"{self.max_new_tokens}; valid: 0 (off) to {self.max_new_tokens}")
+        if self.dynamic_sampling and self.group_size < 2:
+            problems.append("dynamic_sampling: keeps groups whose rewards differ, so it needs group_size >= 2")
+        if self.kl_penalty == "reward" and self.advantage != "gae":
+            problems.append(f"kl_penalty: 'reward' puts the KL into per-token rewards, which only the gae advantage "
+                            f"uses ({self.advantage} sees one reward per response); use kl_penalty loss, or "
+                            f"advantage gae")
         for name in ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
-                     "minibatch_size", "microbatch_size"):
+                     "minibatch_size", "microbatch_size", "value_clip", "critic_warmup_steps", "lora_rank",
+                     "overlong_buffer", "overlong_penalty_factor"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.temperature < 0:

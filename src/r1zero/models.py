@@ -76,14 +76,17 @@ def load_model(path: Path, dtype: str, device: torch.device, trainable: bool = T
 
 
 def cache_keyword(model) -> str:
-    """transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both."""
+    """transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both (a peft model passes
+    its keyword arguments through to the model it wraps)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities of completion tokens (and their entropy, without gradient), each prompt run once.
+def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                          field: str = "logits") -> torch.Tensor:
+    """The model's output `field` ("logits" for a causal LM, "last_hidden_state" for a bare transformer) at the
+    position before each completion token: (n, T, D), where [:, t] is what the model saw when token t came next.
 
     prompt_ids, prompt_mask: (B, P) left-padded prompts. group_index: (n,) the prompt row of each completion.
     completion_ids, completion_mask: (n, T) right-padded completions.
@@ -98,15 +101,24 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     cache = DynamicCache()
     keyword = cache_keyword(model)
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (u, P)
-    last_logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
-                        use_cache=True, **{keyword: cache}).logits[:, -1]  # (u, V)
+    last = getattr(model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                         use_cache=True, **{keyword: cache}), field)[:, -1]  # (u, D)
     cache.batch_select_indices(row_of)  # each completion row gets its prompt's keys and values
     attention_mask = torch.cat([prompt_mask[row_of], completion_mask.to(prompt_mask.dtype)], dim=1)  # (n, P+T)
     width = completion_ids.shape[1]
     positions = prompt_mask.sum(-1)[row_of, None] + torch.arange(width, device=completion_ids.device)  # (n, T)
-    logits = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
-                   use_cache=True, **{keyword: cache}).logits  # (n, T, V): position t predicts token t+1
-    logits = torch.cat([last_logits[row_of, None], logits[:, :-1]], dim=1)  # (n, T, V): predicts token t
+    outputs = getattr(model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                            use_cache=True, **{keyword: cache}), field)  # (n, T, D): position t sees token t
+    return torch.cat([last[row_of, None], outputs[:, :-1]], dim=1)  # (n, T, D): the state before token t
+
+
+def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities of completion tokens (and their entropy, without gradient), each prompt run once
+    (`shared_prompt_forward`). Shapes as there; returns (n, T) and (n, T) or None."""
+    logits = shared_prompt_forward(model, prompt_ids, prompt_mask, group_index, completion_ids,
+                                   completion_mask)  # (n, T, V): predicts token t
     logprobs = token_logprobs(logits, completion_ids)  # (n, T)
     entropy = None
     if with_entropy:

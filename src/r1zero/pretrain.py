@@ -6,32 +6,34 @@ Nothing can be downloaded here, so r1zero makes the base model that `r1zero trai
 plays the part of web text for a real base model: knowledge and habits, never the task in the prompt template.
 Its documents, in proportions set by CORPUS_MIX:
 
-  facts     two-number additions as plain text            "12 + 7 = 19 ."
+  facts     two-number additions and subtractions as       "12 + 7 = 19 . 23 - 8 = 15 ."
+            plain text
   notes     sums of training-split lists worked out left   "What is 3 + 5 + 2 ? 3 + 5 + 2 = 8 + 2 = 10 ."
             to right, like worked examples on the web:
-            plain text, no tags, no template (a held-out list never occurs: checked)
-  dialogues the R1-Zero template around other questions:  "... User: What is 23 - 4 - 7. Assistant: <think>
-            subtractions and lists folded with max or min,   23 - 4 - 7 = 19 - 7 = 12 </think> <answer> 12
-            answered with reasoning in <think> 60% of the    </answer>"
-            time, with only the answer tag 20%, bare 20%;
-            and two-number sums, answered directly, with     "... User: What is 3 + 5. Assistant: <think> 3 + 5
-            <think> only restating the question 40% of       </think> <answer> 8 </answer>"
-            the time (never a worked sum)
+            plain text, no tags, no template (no held-out
+            list ever occurs, not even midway: checked)
+  dialogues the R1-Zero template around other questions:  "... User: What is 3 + 5 - 2 + 7. Assistant: <think>
+            expressions with at least one minus (one of the  3 + 5 - 2 + 7 = 8 - 2 + 7 = 6 + 7 = 13 </think>
+            last two operators), and two-number sums,        <answer> 13 </answer>"
+            answered in one of DIALOGUE_STYLES: worked out
+            in <think> 30%, <think> only restating the       "... User: What is 3 + 5. Assistant: <think> 3 + 5
+            question 50%, answer tag only 10%, bare 10%      </think> <answer> 8 </answer>"
 
 So the base model knows addition facts, has seen sums worked out in plain text, and has seen the template used
-with step-by-step reasoning inside <think> for other questions. Inside the template it has seen sums of two
-numbers only, answered directly, never a worked sum and never a sum of three or more numbers: the task. Asked
-for one in the template, it often answers directly (and wrongly: it cannot add four numbers in one step), and
-only sometimes works the whole sum out inside <think>. RL has to discover that working it
-out is what earns reward: the DeepSeek-R1-Zero finding in miniature.
+with step-by-step working inside <think> for expressions that mix + and -. Inside the template it has never seen a
+sum of three or more numbers, asked or standing alone at any point of a working: the task. Asked one in the
+template, it mostly restates the question or answers directly (and wrongly: it cannot add four numbers in one
+step), and sometimes works it out inside <think>, often slipping a minus in as the template always had one. RL
+has to discover that working the sum out, faithfully, is what earns reward: the DeepSeek-R1-Zero finding in
+miniature.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import operator
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,59 +55,82 @@ SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"
 
 
 def fact_document(rng: random.Random) -> str:
-    """A few two-number additions, the left term up to the largest partial sum of the task."""
+    """A few two-number additions and subtractions, the left term up to the largest partial sum of the task."""
     largest = sums.MAX_DIGIT * (sums.MAX_TERMS - 1)
     lines = []
     for _ in range(rng.randint(3, 6)):
         a, b = rng.randint(0, largest), rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT)
-        lines.append(f"{a} + {b} = {a + b} .")
+        lines.append(f"{a} + {b} = {a + b} ." if a < b or rng.random() < 0.5 else f"{a} - {b} = {a - b} .")
     return " ".join(lines)
 
 
-def reduction_chain(numbers: tuple[int, ...] | list[int], operator: str = "+", combine=operator.add) -> str:
-    """Evaluate left to right, rewriting the expression each time: (3, 5, 2) -> "3 + 5 + 2 = 8 + 2 = 10"."""
-    numbers = list(numbers)
-    lines = [f" {operator} ".join(map(str, numbers))]
-    while len(numbers) > 1:
-        numbers = [combine(numbers[0], numbers[1])] + numbers[2:]
-        lines.append(f" {operator} ".join(map(str, numbers)))
+def reduction_chain(numbers, operators) -> str:
+    """Evaluate left to right, rewriting the expression each time:
+    (3, 5, 2, 7), "+-+" -> "3 + 5 - 2 + 7 = 8 - 2 + 7 = 6 + 7 = 13"."""
+    numbers, operators = list(numbers), list(operators)
+
+    def expression() -> str:
+        return " ".join([str(numbers[0])] + [f"{op} {n}" for op, n in zip(operators, numbers[1:])])
+
+    lines = [expression()]
+    while operators:
+        op = operators.pop(0)
+        numbers[:2] = [numbers[0] + numbers[1] if op == "+" else numbers[0] - numbers[1]]
+        lines.append(expression())
     return " = ".join(lines)
 
 
 def note_document(rng: random.Random) -> str:
-    """A sum of a training-split list worked out step by step after its question, as plain text."""
-    chain = reduction_chain(sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS)))
-    return f"What is {chain.split(' = ')[0]} ? {chain} ."
+    """A sum of a training-split list worked out step by step after its question, as plain text. Lists whose
+    working passes through a held-out sum (2 + 5 + 3 + 9 = 7 + 3 + 9 = ...) are left out."""
+    while True:
+        numbers = sums.sample_train_numbers(rng, rng.randint(2, sums.MAX_TERMS))
+        chain = reduction_chain(numbers, "+" * (len(numbers) - 1))
+        if not held_out_sums_in(chain):
+            return f"What is {chain.split(' = ')[0]} ? {chain} ."
+
+
+def held_out_sums_in(text: str) -> list[tuple[int, ...]]:
+    """Every held-out problem written as a sum anywhere in `text` ("7 + 3 + 9" in "... = 7 + 3 + 9 = ...")."""
+    runs = re.findall(r"\d+(?: \+ \d+){%d,}" % (sums.MIN_TERMS - 1), text)
+    return [numbers for run in runs if sums.is_held_out(numbers := tuple(map(int, run.split(" + "))))]
+
+
+def mixed_expression(rng: random.Random) -> tuple[list[int], str]:
+    """One-digit numbers joined by + and -, never below zero on the way: "3 + 5 - 2 + 7". One of the last two
+    operators is a minus, so working it out never leaves a sum of three numbers standing alone (that would
+    be the task, worked in the template), and no run of additions in it is a held-out problem."""
+    while True:
+        numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS))]
+        operators = "".join(rng.choice("+-") for _ in numbers[1:])
+        partials = [numbers[0]]
+        for op, n in zip(operators, numbers[1:]):
+            partials.append(partials[-1] + (n if op == "+" else -n))
+        if "-" in operators[-2:] and min(partials) >= 0 and not held_out_sums_in(reduction_chain(numbers, operators)):
+            return numbers, operators
+
+
+DIALOGUE_STYLES = {"worked": 0.3, "restated": 0.5, "answer": 0.1, "bare": 0.1}
 
 
 def dialogue_document(rng: random.Random) -> str:
-    """The template around a question that is not a sum of three or more numbers: a subtraction ("What is
-    23 - 4 - 7"), a list folded with max or min, or a two-number sum, answered in one of three styles."""
-    kind = rng.choice(["max", "min", "-", "+"])
-    think_share = 0.6
-    if kind == "+":  # two numbers only, and <think> only restates the question: no worked sum in the template
-        numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(2)]
-        text = f"What is {numbers[0]} + {numbers[1]}"
-        thinking, answer, think_share = text.removeprefix("What is "), sum(numbers), 0.4
-    elif kind == "-":
-        terms = rng.randint(2, sums.MAX_TERMS)
-        numbers = [rng.randint(sums.MAX_DIGIT * terms, sums.MAX_DIGIT * sums.MAX_TERMS)]
-        numbers += [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(terms - 1)]
-        thinking = reduction_chain(numbers, "-", operator.sub)
+    """The template around a question that is not a sum of three or more numbers: an expression with at
+    least one minus ("What is 3 + 5 - 2 + 7") or a two-number sum, answered in one of DIALOGUE_STYLES:
+    worked out in <think>, <think> only restating the question, the answer tag only, or the bare answer."""
+    if rng.random() < 0.7:
+        numbers, operators = mixed_expression(rng)
     else:
-        numbers = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(rng.randint(2, sums.MAX_TERMS + 1))]
-        thinking = reduction_chain(numbers, kind, max if kind == "max" else min)
-    if kind != "+":
-        text = "What is " + thinking.split(" = ")[0]
-        answer = thinking.split(" = ")[-1]
-    style = rng.random()
-    if style < think_share:
-        reply = f"<think> {thinking} </think> <answer> {answer} </answer>"
-    elif style < think_share + (1 - think_share) / 2:
-        reply = f"<answer> {answer} </answer>"
-    else:
-        reply = f"{answer} ."
-    return R1_ZERO_TEMPLATE.format(prompt=text) + " " + reply
+        numbers, operators = [rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT) for _ in range(2)], "+"
+    chain = reduction_chain(numbers, operators)
+    expression, answer = chain.split(" = ")[0], chain.split(" = ")[-1]
+    style = rng.choices(list(DIALOGUE_STYLES), list(DIALOGUE_STYLES.values()))[0]
+    reply = {
+        "worked": f"<think> {chain} </think> <answer> {answer} </answer>",
+        "restated": f"<think> {expression} </think> <answer> {answer} </answer>",
+        "answer": f"<answer> {answer} </answer>",
+        "bare": f"{answer} .",
+    }[style]
+    return R1_ZERO_TEMPLATE.format(prompt="What is " + expression) + " " + reply
 
 
 DOCUMENT_MAKERS = {"facts": fact_document, "notes": note_document, "dialogues": dialogue_document}
@@ -119,13 +144,10 @@ def build_corpus(num_documents: int, seed: int) -> list[str]:
 
 
 def assert_no_held_out_problem(corpus: list[str]) -> None:
-    """Fail loudly if any held-out tuple's sum appears in the corpus."""
+    """Fail loudly if any held-out tuple, as a sum of its numbers, appears anywhere in the corpus."""
     for document in corpus:
-        if "<think>" not in document:
-            for statement in document.replace("?", ".").split(" . "):
-                numbers = tuple(int(x) for x in statement.removeprefix("What is ").split(" = ")[0].split(" + "))
-                if len(numbers) >= sums.MIN_TERMS and sums.is_held_out(numbers):
-                    raise AssertionError(f"held-out problem {numbers} leaked into the corpus: {document!r}")
+        if leaked := held_out_sums_in(document):
+            raise AssertionError(f"held-out problem {leaked[0]} leaked into the corpus: {document!r}")
 
 
 # ---------------------------------------------------------------------------------------------

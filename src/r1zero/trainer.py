@@ -22,6 +22,7 @@ no weights).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -36,7 +37,9 @@ from r1zero import algorithms
 from r1zero.checkpoint import (TrainingInterrupted, TrainingState, TrainingStopped, capture_global_rng,
                                latest_checkpoint, load_checkpoint, refuse_existing_run, rewind_metrics,
                                save_checkpoint, write_text_atomically)
+from r1zero.batch import collect_batch
 from r1zero.config import ConfigError, TrainConfig, to_yaml
+from r1zero.critic import Critic, ValueModel, explained_variance
 from r1zero.evaluation import evaluate
 from r1zero.example import Example
 from r1zero.models import completion_logprobs, load_model, resolve_device
@@ -59,16 +62,25 @@ class Rollout:
     group_index: torch.Tensor  # (N,) the prompt row each completion answers
     completion_ids: torch.Tensor  # (N, T) right-padded completions
     completion_mask: torch.Tensor  # (N, T) float, 1 on completion tokens
-    advantages: torch.Tensor  # (N,)
+    advantages: torch.Tensor  # (N,) one per completion, or (N, T) one per token (GAE)
     old_logprobs: torch.Tensor | None = None  # (N, T) under the generating policy; None: same as current
-    ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference model; None when kl_coef == 0
+    ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference model; None without a KL loss term
+    loss_mask: torch.Tensor | None = None  # (N, T) tokens that count in the loss; None: completion_mask
+    old_values: torch.Tensor | None = None  # (N, T) the critic's values at generation time (PPO)
+    returns: torch.Tensor | None = None  # (N, T) the critic's targets (PPO)
+
+    ROW_FIELDS = ("group_index", "completion_ids", "completion_mask", "advantages", "old_logprobs", "ref_logprobs",
+                  "loss_mask", "old_values", "returns")
 
     def rows(self, index) -> "Rollout":
         """The completion rows `index` (a slice or index tensor); prompts are kept whole."""
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Rollout(self.prompt_ids, self.prompt_mask, self.group_index[index], self.completion_ids[index],
-                       self.completion_mask[index], self.advantages[index], pick(self.old_logprobs),
-                       pick(self.ref_logprobs))
+        picked = {name: None if getattr(self, name) is None else getattr(self, name)[index] for name in self.ROW_FIELDS}
+        return dataclasses.replace(self, **picked)
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """(N, T) the tokens that count in the loss."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
 
     def logprobs(self, model, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, T) log-probabilities of these completions under `model` (and entropies)."""
@@ -110,57 +122,115 @@ def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
     return torch.cat([rollout.rows(slice(start, start + chunk)).logprobs(model)[0] for start in range(0, count, chunk)])
 
 
-def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, generator: torch.Generator) -> dict:
-    """mu passes over the batch in shuffled minibatches; each minibatch is one optimiser step.
+def update_plan(count: int, config: TrainConfig, generator: torch.Generator, device) -> list:
+    """updates_per_batch passes over the N = count rows in shuffled minibatches: a list of (minibatch rows (M,),
+    [micro-batch slices of those M rows]); each minibatch is one optimiser step. The policy and the critic
+    follow the same plan."""
+    minibatch = config.minibatch_size or count
+    microbatch = config.microbatch_size or minibatch
+    plan = []
+    for _ in range(config.updates_per_batch):
+        order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
+        for start in range(0, count, minibatch):
+            rows = order[start:start + minibatch].to(device)
+            plan.append((rows, [slice(m, m + microbatch) for m in range(0, len(rows), microbatch)]))
+    return plan
+
+
+def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list) -> dict:
+    """One optimiser step per minibatch of `plan` (see update_plan).
 
     Loss per minibatch: sum over tokens of (clipped surrogate + beta * KL) x aggregation weights. The weights are
     computed once per minibatch and sliced for micro-batches, so gradient accumulation is exact.
     """
-    count = len(rollout.completion_ids)
-    minibatch = config.minibatch_size or count
-    microbatch = config.microbatch_size or minibatch
     aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
     kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
     totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
     optimiser_steps, skipped = 0, 0
-    for _ in range(config.updates_per_batch):
-        order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
-        for start in range(0, count, minibatch):
-            batch = rollout.rows(order[start:start + minibatch].to(rollout.completion_ids.device))
-            weights = aggregation(batch.completion_mask, config.max_new_tokens)  # (M, T)
-            optimizer.zero_grad(set_to_none=True)
-            sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-            tokens = batch.completion_mask.sum().clamp(min=1)
-            for micro_start in range(0, len(batch.completion_ids), microbatch):
-                rows = slice(micro_start, micro_start + microbatch)
-                mask, micro_weights = batch.completion_mask[rows], weights[rows]
-                logprobs, entropy = batch.rows(rows).logprobs(model, with_entropy=True)  # (m, T)
-                old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[rows]
-                policy = algorithms.clipped_surrogate_loss(logprobs, old, batch.advantages[rows],
-                                                           config.clip_low, config.clip_high)
-                per_token = policy.per_token_loss  # (m, T)
-                if batch.ref_logprobs is not None:
-                    kl = kl_estimator(logprobs, batch.ref_logprobs[rows])  # (m, T)
-                    per_token = per_token + config.kl_coef * kl
-                    sums["kl"] += (kl.detach() * mask).sum().item()
-                loss = (per_token * micro_weights).sum()
-                loss.backward()
-                sums["loss"] += loss.item()
-                sums["entropy"] += (entropy * mask).sum().item()
-                sums["clip_fraction"] += (policy.is_clipped.float() * mask).sum().item()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-            if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
-                optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
-                skipped += 1
-                continue
-            optimizer.step()
-            optimiser_steps += 1
-            totals["loss"] += sums["loss"]
-            totals["grad_norm"] += norm.item()
-            for key in ("kl", "entropy", "clip_fraction"):
-                totals[key] += sums[key] / tokens.item()
+    for rows_of_minibatch, micro_slices in plan:
+        batch = rollout.rows(rows_of_minibatch)
+        weights = aggregation(batch.token_mask, config.max_new_tokens)  # (M, T)
+        optimizer.zero_grad(set_to_none=True)
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        tokens = batch.token_mask.sum().clamp(min=1)
+        for rows in micro_slices:
+            micro = batch.rows(rows)
+            mask, micro_weights = micro.token_mask, weights[rows]
+            logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (m, T)
+            old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
+            policy = algorithms.clipped_surrogate_loss(logprobs, old, micro.advantages, config.clip_low,
+                                                       config.clip_high)
+            per_token = policy.per_token_loss  # (m, T)
+            if micro.ref_logprobs is not None:
+                kl = kl_estimator(logprobs, micro.ref_logprobs)  # (m, T)
+                per_token = per_token + config.kl_coef * kl
+                sums["kl"] += (kl.detach() * mask).sum().item()
+            loss = (per_token * micro_weights).sum()
+            loss.backward()
+            sums["loss"] += loss.item()
+            sums["entropy"] += (entropy * mask).sum().item()
+            sums["clip_fraction"] += (policy.is_clipped.float() * mask).sum().item()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+        if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
+            optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
+            skipped += 1
+            continue
+        optimizer.step()
+        optimiser_steps += 1
+        totals["loss"] += sums["loss"]
+        totals["grad_norm"] += norm.item()
+        for key in ("kl", "entropy", "clip_fraction"):
+            totals[key] += sums[key] / tokens.item()
     done = max(1, optimiser_steps)
     return {key: value / done for key, value in totals.items()} | {"skipped_updates": skipped}
+
+
+def ppo_advantages(critic: Critic, rollout: Rollout, rewards: torch.Tensor, kl_estimator, config: TrainConfig,
+                   chunk: int) -> dict:
+    """Fill rollout.advantages (N, T), old_values and returns from the critic's values and GAE. The outcome reward
+    (N,) sits on each response's last token; with kl_penalty "reward", beta x KL is taken off every token's
+    reward. Returns metrics: the mean KL and the critic's values and explained variance."""
+    values = critic.values(rollout, chunk)  # (N, T)
+    mask = rollout.completion_mask
+    token_rewards = algorithms.outcome_token_rewards(rewards, mask)  # (N, T)
+    metrics = {}
+    if config.kl_coef > 0 and config.kl_penalty == "reward":  # the trainer scored old and ref logprobs for this
+        kl = kl_estimator(rollout.old_logprobs, rollout.ref_logprobs)  # (N, T)
+        metrics["kl"] = float(algorithms.masked_mean(kl, mask))
+        token_rewards = token_rewards - config.kl_coef * kl * mask
+    result = algorithms.gae(token_rewards, values, mask, config.gae_gamma, config.gae_lambda)
+    rollout.advantages = (algorithms.whiten(result.advantages, rollout.token_mask) if config.whiten_advantages
+                          else result.advantages)  # (N, T)
+    rollout.old_values, rollout.returns = values, result.returns
+    metrics["critic/value_mean"] = float(algorithms.masked_mean(values, mask))
+    metrics["critic/explained_variance"] = explained_variance(values, result.returns, mask)
+    return metrics
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, rollout: Rollout, chunk: int) -> torch.Tensor:
+    """(N, T) log-probabilities under the reference: the frozen copy, or with LoRA the policy with its adapters
+    switched off (the base weights, which LoRA never changes)."""
+    if reference is not None:
+        return score_logprobs(reference, rollout, chunk)
+    with policy.disable_adapter():
+        return score_logprobs(policy, rollout, chunk)
+
+
+def load_policy(model_path: Path, resume_from: Path | None, config: TrainConfig, device):
+    """The trainable policy: the model at model_path, or the checkpoint resume_from; with lora_rank > 0 the base
+    model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable."""
+    if not config.lora_rank:
+        return load_model(resume_from or model_path, config.dtype, device)
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = load_model(model_path, config.dtype, device)
+    if resume_from is not None:
+        return PeftModel.from_pretrained(base, resume_from, is_trainable=True)
+    targets = config.lora_target_modules
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
 
 
 def default_output_dir(config: TrainConfig) -> Path:
@@ -197,15 +267,25 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    policy = load_model(resume_from or model_path, config.dtype, device)
-    reference = load_model(model_path, config.dtype, device, trainable=False) if config.kl_coef > 0 else None
+    policy = load_policy(model_path, resume_from, config, device)
+    kl_in_loss = config.kl_coef > 0 and config.kl_penalty == "loss"
+    reference = None  # with LoRA the reference is the policy with its adapters switched off: no second copy
+    if config.kl_coef > 0 and not config.lora_rank:
+        reference = load_model(model_path, config.dtype, device, trainable=False)
+    critic = None
+    if config.advantage == "gae":
+        critic = Critic(ValueModel.from_base(model_path, config.dtype, device), config.critic_learning_rate,
+                        config.weight_decay)
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
     scorer = RewardScorer(config.reward_weights, problems.accuracy_reward,
                           time_limit_seconds=config.reward_timeout_seconds, workers=config.reward_workers,
                           code_partial_credit=config.code_partial_credit,
                           code_test_timeout_seconds=config.code_test_timeout_seconds)
-    advantage_fn = algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage, "advantage estimator")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    advantage_fn = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
+                                                          "advantage estimator")
+    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
+    trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]  # LoRA: adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
     sampling = torch.Generator(device=device).manual_seed(config.seed)
@@ -214,6 +294,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     first_step = 1
     if state is not None:
         state.restore(optimizer, scheduler, problems, monitor, {"sampling": sampling, "shuffling": shuffling})
+        if critic is not None:
+            critic.load_state_dict(state.critic)
         first_step = state.step + 1
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "config.yaml", to_yaml(config))
@@ -229,7 +311,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         lines, size = logger.position()
         generators = {"sampling": sampling.get_state(), "shuffling": shuffling.get_state()}
         snapshot = TrainingState(step, optimizer.state_dict(), scheduler.state_dict(), problems.state_dict(),
-                                 monitor.state_dict(), generators, capture_global_rng(), lines, size)
+                                 monitor.state_dict(), generators, capture_global_rng(), lines, size,
+                                 critic=critic.state_dict() if critic else None)
         return save_checkpoint(output_dir, snapshot, policy, tokenizer, config.keep_checkpoints)
 
     def encode(examples: list[Example]) -> list[list[int]]:
@@ -261,47 +344,57 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     nonfinite_steps = 0  # steps in a row with skipped (non-finite) updates
     for step in range(first_step, config.max_steps + 1):
         step_started = time.time()
-        # ---- 1. sample prompts ----------------------------------------------------------------------
-        examples = problems.next_batch(config.prompts_per_step)  # B problems
-        prompts = encode(examples)
-
-        # ---- 2. generate G completions per prompt -----------------------------------------------------
+        # ---- 1-3. sample prompts, generate G completions each, score them (DAPO: keep informative groups) --
         policy.eval()
-        generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, sampling)
+        batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, sampling)
         policy.train()
         generation_seconds = time.time() - step_started
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
-
-        # ---- 3. rule-based rewards ----------------------------------------------------------------------
-        grouped_examples = [e for e in examples for _ in range(config.group_size)]
-        rewards = scorer(texts, grouped_examples)
-        reward = torch.tensor(rewards.total).view(config.prompts_per_step, config.group_size)  # (B, G)
-
-        # ---- 4. group advantages ------------------------------------------------------------------------
-        advantages = advantage_fn(reward, ADVANTAGE_EPS).flatten()  # (N,)
-        rollout = pack_rollout(prompts, generation.completions, config.group_size, engine.pad_id, advantages, device)
-        count = len(rollout.completion_ids)
+        rewards, texts = batch.rewards, batch.texts
+        reward = batch.reward_matrix(config.group_size)  # (B, G)
+        count = len(batch.completions)
+        rollout = pack_rollout(batch.prompts, batch.completions, config.group_size, engine.pad_id,
+                               torch.zeros(count), device)
+        if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
+            stopped = torch.tensor(batch.stopped, dtype=rollout.completion_mask.dtype, device=device)
+            rollout.loss_mask = rollout.completion_mask * stopped[:, None]  # (N, T)
         chunk = config.microbatch_size or config.minibatch_size or count
-        if reference is not None:
-            rollout.ref_logprobs = score_logprobs(reference, rollout, chunk)
-        if config.updates_per_batch > 1 or (config.minibatch_size or count) < count:
+        if config.kl_coef > 0:
+            rollout.ref_logprobs = reference_logprobs(policy, reference, rollout, chunk)
+        kl_in_reward = critic is not None and config.kl_coef > 0 and config.kl_penalty == "reward"
+        if config.updates_per_batch > 1 or (config.minibatch_size or count) < count or kl_in_reward:
             rollout.old_logprobs = score_logprobs(policy, rollout, chunk)  # the generating policy, frozen
 
-        # ---- 5. policy update -----------------------------------------------------------------------------
-        update = update_policy(policy, optimizer, rollout, config, shuffling)
-        scheduler.step()
+        # ---- 4. advantages: within each group, or GAE with the critic -------------------------------------
+        extra = {}
+        if critic is None:
+            rollout.advantages = advantage_fn(reward, ADVANTAGE_EPS).flatten().to(device)  # (N,)
+        else:
+            extra = ppo_advantages(critic, rollout, reward.flatten().to(device), kl_estimator, config, chunk)
+        if not kl_in_loss:
+            rollout.ref_logprobs = None  # in the reward (PPO) or only measured: not a loss term
+
+        # ---- 5. policy update (and critic update) ---------------------------------------------------------
+        plan = update_plan(count, config, shuffling, device)
+        if critic is not None and step <= config.critic_warmup_steps:
+            update = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
+                      "skipped_updates": 0}  # critic warm-up: the policy (and its lr schedule) waits for useful values
+        else:
+            update = update_policy(policy, optimizer, rollout, config, plan)
+            scheduler.step()
+        if critic is not None:
+            extra.update(critic.update(rollout, config, plan))
 
         # ---- 6. log -----------------------------------------------------------------------------------
         seconds = time.time() - step_started
-        lengths = [len(c) for c in generation.completions]
+        lengths = [len(c) for c in batch.completions]
         metrics = {
             "reward/mean": float(reward.mean()),
             **{f"reward/{name}": sum(values) / len(values) for name, values in rewards.components.items()},
             **rewards.health,  # reward_health/<name>/timeouts, /parse_failures, /exceptions: counts this step
             "response/length_mean": sum(lengths) / len(lengths),
-            "response/truncated_fraction": 1 - sum(generation.stopped) / len(lengths),
+            "response/truncated_fraction": 1 - sum(batch.stopped) / len(lengths),
             "response/reflection_rate": reflection_rate(texts, tuple(config.reflection_words)),
-            "kl": update["kl"],
+            "kl": update["kl"] if kl_in_loss else extra.pop("kl", 0.0),
             "entropy": update["entropy"],
             "clip_fraction": update["clip_fraction"],
             "loss": update["loss"],
@@ -312,6 +405,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             "time/step_seconds": seconds,
             "time/generation_seconds": generation_seconds,
             "throughput/tokens_per_second": sum(lengths) / seconds,
+            **batch.counts,  # dynamic_sampling/...
+            **extra,  # critic/... (PPO)
         }
         alerts = monitor.update(step, metrics)
         if config.group_size == 1:  # one sample per prompt: every "group" has zero variance by construction
@@ -372,11 +467,18 @@ def nonfinite_diagnosis(step: int, count: int, config: TrainConfig) -> str:
 
 
 def save_model(model, tokenizer, destination: Path) -> None:
-    """Write to a temporary folder beside `destination`, then rename: a crash never leaves half a model."""
+    """Write to a temporary folder beside `destination`, then rename: a crash never leaves half a model.
+
+    A LoRA model is saved twice: its adapter in destination/adapter/ (load with peft onto the base model) and,
+    merged into the base weights, as a plain transformers model in destination/ itself. The merge happens in
+    place, so call this last."""
     import shutil
 
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.save_pretrained(staging / "adapter")
+        model = model.merge_and_unload()
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if destination.exists():

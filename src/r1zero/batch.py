@@ -1,0 +1,121 @@
+"""One training step's samples: prompts drawn, completions generated and scored, with DAPO's dynamic sampling
+and overlong reward shaping.
+
+    batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, generator)
+    batch.reward_matrix(config.group_size)      # (B, G) total rewards, overlong penalty included
+
+Shapes: B prompts, G samples per prompt, N = B*G completions in group order (rows g*G .. g*G+G-1 answer
+prompt g).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from r1zero.algorithms import informative_groups, overlong_penalty
+from r1zero.example import Example
+from r1zero.rewards import RewardBatch
+
+OVERLONG = "overlong"  # the reward component DAPO's length penalty is logged as
+
+
+@dataclass
+class StepBatch:
+    """B prompts with their G completions each, scored."""
+
+    examples: list[Example]  # (B,)
+    prompts: list[list[int]]  # (B,) prompt token ids
+    completions: list[list[int]]  # (N,) completion token ids
+    stopped: list[bool]  # (N,) True when the completion ended by itself (stop string or EOS)
+    texts: list[str]  # (N,) decoded completions
+    rewards: RewardBatch  # (N,) per component and in total
+    counts: dict[str, float] = field(default_factory=dict)  # dynamic sampling: rounds, kept and filled groups
+
+    def reward_matrix(self, group_size: int) -> torch.Tensor:
+        """(B, G) total rewards."""
+        return torch.tensor(self.rewards.total, dtype=torch.float32).view(len(self.prompts), group_size)
+
+    def select_groups(self, groups: list[int], group_size: int) -> "StepBatch":
+        """The batch made of the prompt groups `groups`, in that order."""
+        rows = [g * group_size + i for g in groups for i in range(group_size)]
+        pick = lambda values: [values[r] for r in rows]  # noqa: E731
+        rewards = RewardBatch(
+            total=pick(self.rewards.total),
+            components={name: pick(values) for name, values in self.rewards.components.items()},
+            reasons={name: pick(values) for name, values in self.rewards.reasons.items()},
+            health=self.rewards.health,
+        )
+        return StepBatch([self.examples[g] for g in groups], [self.prompts[g] for g in groups], pick(self.completions),
+                         pick(self.stopped), pick(self.texts), rewards, dict(self.counts))
+
+
+def concatenate(batches: list[StepBatch]) -> StepBatch:
+    """The groups of several batches in order; reward health counters are summed."""
+    first = batches[0]
+    joined = lambda name: [x for b in batches for x in getattr(b, name)]  # noqa: E731
+    health: dict[str, int] = {}
+    for batch in batches:
+        for key, count in batch.rewards.health.items():
+            health[key] = health.get(key, 0) + count
+    rewards = RewardBatch(
+        total=[x for b in batches for x in b.rewards.total],
+        components={n: [x for b in batches for x in b.rewards.components[n]] for n in first.rewards.components},
+        reasons={n: [x for b in batches for x in b.rewards.reasons[n]] for n in first.rewards.reasons},
+        health=health,
+    )
+    return StepBatch(joined("examples"), joined("prompts"), joined("completions"), joined("stopped"), joined("texts"),
+                     rewards)
+
+
+def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, generator) -> StepBatch:
+    """Generate G completions for each example and score them; with overlong_buffer > 0 the DAPO length penalty
+    (times overlong_penalty_factor) is added to each total and logged as the component "overlong"."""
+    prompts = encode(examples)
+    generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, generator)
+    texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
+    rewards = scorer(texts, [e for e in examples for _ in range(config.group_size)])
+    if config.overlong_buffer:
+        lengths = torch.tensor([len(c) for c in generation.completions])
+        penalty = (overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer)
+                   * config.overlong_penalty_factor).tolist()
+        rewards = rewards._replace(total=[t + p for t, p in zip(rewards.total, penalty)],
+                                   components={**rewards.components, OVERLONG: penalty},
+                                   reasons={**rewards.reasons, OVERLONG: [""] * len(penalty)})
+    return StepBatch(list(examples), prompts, list(generation.completions), list(generation.stopped), texts, rewards)
+
+
+def collect_batch(problems, encode, engine, scorer, tokenizer, config, generator) -> StepBatch:
+    """B = prompts_per_step groups. Without dynamic sampling: one round of B prompts.
+
+    With dynamic_sampling (DAPO, Yu et al. 2025, section 3.2): groups whose rewards are all equal carry no
+    gradient, so they are dropped and more prompts are drawn, B at a time, until B informative groups are
+    collected or max_sampling_rounds rounds have run. If the cap is hit first, the batch is filled up with
+    dropped groups (which get advantage 0) so its size, and the meaning of every batch setting, stays the same.
+    counts: rounds, groups kept, groups dropped, groups used as filling.
+    """
+    size = config.prompts_per_step
+    first = generate_and_score(problems.next_batch(size), encode, engine, scorer, tokenizer, config, generator)
+    if not config.dynamic_sampling:
+        return first
+    kept: list[StepBatch] = []
+    dropped: list[StepBatch] = []
+    have, rounds, batch = 0, 0, first
+    while True:
+        rounds += 1
+        informative = informative_groups(batch.reward_matrix(config.group_size)).tolist()
+        useful = [g for g, ok in enumerate(informative) if ok][: size - have]
+        kept.append(batch.select_groups(useful, config.group_size))
+        dropped.append(batch.select_groups([g for g, ok in enumerate(informative) if not ok], config.group_size))
+        have += len(useful)
+        if have == size or rounds == config.max_sampling_rounds:
+            break
+        batch = generate_and_score(problems.next_batch(size), encode, engine, scorer, tokenizer, config, generator)
+    filling = concatenate(dropped)
+    filled = min(size - have, len(filling.prompts))
+    result = concatenate(kept + [filling.select_groups(list(range(filled)), config.group_size)])
+    result.counts = {"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_groups": have,
+                     "dynamic_sampling/dropped_groups": sum(len(d.prompts) for d in dropped),
+                     "dynamic_sampling/filled_groups": filled}
+    return result

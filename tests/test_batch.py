@@ -1,0 +1,71 @@
+"""r1zero.batch inside real (tiny) runs: DAPO's dynamic sampling and overlong reward shaping.
+
+    python -m pytest tests/test_batch.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1zero.config import TrainConfig
+from r1zero.rewards import REWARD_FUNCTIONS
+from r1zero.trainer import train
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
+
+
+def _small(model_dir, tmp_path, **settings) -> TrainConfig:
+    base = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=3, prompts_per_step=2,
+                group_size=4, max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
+                learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
+    return TrainConfig(**(base | settings))
+
+
+@pytest.fixture
+def length_reward(monkeypatch):
+    """A random model never answers right; a length reward gives every group a signal."""
+    monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
+
+
+def test_dynamic_sampling_keeps_only_informative_groups(llama_dir, tmp_path, monkeypatch):
+    # reward 1 for prompts whose first number is odd, whatever the completion: those groups are all-equal too.
+    # Only a reward that varies inside a group is informative; make it vary for even first numbers only.
+    calls = {"n": 0}
+
+    def parity(completion, example):
+        calls["n"] += 1
+        return float(len(completion) % 2) if example.metadata["numbers"][0] % 2 == 0 else 1.0
+
+    monkeypatch.setitem(REWARD_FUNCTIONS, "parity", parity)
+    config = _small(llama_dir, tmp_path, reward_weights={"parity": 1.0}, dynamic_sampling=True,
+                    max_sampling_rounds=4, prompts_per_step=4, max_steps=3, temperature=1.5)
+    steps = [r for r in _records(train(config)) if "reward/mean" in r]
+    for record in steps:
+        rounds, kept = record["dynamic_sampling/rounds"], record["dynamic_sampling/kept_groups"]
+        assert 1 <= rounds <= 4 and 0 <= kept <= 4
+        assert kept + record["dynamic_sampling/filled_groups"] == 4
+        assert record["dynamic_sampling/dropped_groups"] >= record["dynamic_sampling/filled_groups"]
+        # zero-variance groups in the batch are exactly the filling
+        assert record["zero_std_fraction"] == pytest.approx(record["dynamic_sampling/filled_groups"] / 4)
+    assert sum(r["dynamic_sampling/rounds"] for r in steps) > 3  # some steps needed more than one round
+    # every round generated and scored B x G = 16 completions (held-out evaluation scores accuracy only)
+    assert calls["n"] == 4 * 4 * sum(r["dynamic_sampling/rounds"] for r in steps)
+
+
+def test_overlong_penalty_and_truncation_mask(llama_dir, tmp_path, length_reward):
+    config = _small(llama_dir, tmp_path, overlong_buffer=4, overlong_penalty_factor=0.5, mask_truncated=True,
+                    max_steps=2)
+    steps = [r for r in _records(train(config)) if "reward/mean" in r]
+    for record in steps:
+        assert -0.5 <= record["reward/overlong"] <= 0.0
+        assert record["reward/mean"] == pytest.approx(record["reward/accuracy"] + 0.5 * record["reward/format"]
+                                                      + 2.0 * record["reward/length"] + record["reward/overlong"])
+    assert min(r["reward/overlong"] for r in steps) < 0  # a random model runs into the length limit
