@@ -1,6 +1,6 @@
 """The embedded default, end to end: `r1zero train` with no arguments must visibly learn.
 
-Slow (about 10 minutes on 2 cores): run with `python -m pytest -m slow`. CI runs it.
+Slow (about 2 minutes on 2 cores): run with `python -m pytest -m slow`. CI runs it.
 """
 
 import json

@@ -5,9 +5,9 @@
 Why this task. A tiny model cannot add four numbers in one step (there are 9**4 combinations and it
 never saw their totals), but it knows two-number additions ("10 + 7 = 17") and it has seen, in other
 contexts, that a list can be folded one step at a time. So it can get the total only by writing the
-partial sums out first, e.g. "<think> 3 + 5 = 8 . 8 + 2 = 10 . 10 + 7 = 17 . </think> <answer> 17
+partial sums out first, e.g. "<think> 3 + 5 + 2 + 7 = 8 + 2 + 7 = 10 + 7 = 17 </think> <answer> 17
 </answer>". Whether RL discovers that writing intermediate steps in <think> pays off is the
-DeepSeek-R1-Zero finding, in miniature.
+DeepSeek-R1-Zero finding, in miniature (r1zero.pretrain says what the base model has seen).
 
 Held-out split. Each problem is a tuple of numbers; a fixed hash of the tuple puts one in eight of all
 tuples in the test split. Test tuples never appear in training prompts nor anywhere in the
