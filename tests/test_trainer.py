@@ -133,3 +133,14 @@ def test_user_dataset_trains_with_the_math_reward(llama_dir, tmp_path):
     records = _read_metrics(train(config))
     assert records[0]["step"] == 0 and "eval/pass@1" in records[0]
     assert records[1]["step"] == 1 and "reward/accuracy" in records[1]
+
+
+def test_time_budget_stops_early_and_still_evaluates_and_saves(llama_dir, tmp_path):
+    config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / "run"), max_steps=50, prompts_per_step=2,
+                         group_size=2, max_new_tokens=6, eval_problems=2, eval_samples=1, eval_every=0,
+                         tensorboard=False, time_budget_seconds=1e-9)  # spent by the end of the first step
+    output = train(config)
+    records = _read_metrics(output)
+    assert [r["step"] for r in records if "reward/mean" in r] == [1]
+    assert [r["step"] for r in records if "eval/pass@1" in r] == [0, 1]  # before training, and at the stop
+    assert (output / "final" / "config.json").is_file() and (output / "checkpoints" / "step_000001").is_dir()

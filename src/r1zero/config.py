@@ -29,9 +29,10 @@ from r1zero.health import REFLECTION_WORDS
 # Settings `r1zero train --resume DIR` may change. Every other setting comes from DIR/config.yaml unchanged:
 # changing the model, data, algorithm, seed, device or dtype would make the resumed run a different run. With
 # none of these given, a resumed CPU run repeats the uninterrupted one exactly. max_steps may extend a finished
-# run; threads may change the last bits of CPU floating-point sums; the others change no number.
-RESUME_SETTINGS = ("max_steps", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps", "tensorboard",
-                   "threads")
+# run; time_budget_seconds counts again from the resume; threads may change the last bits of CPU floating-point
+# sums; the others change no number.
+RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
+                   "tensorboard", "threads")
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,10 @@ class TrainConfig:
     """Seeds sampling, prompt order and initialisation; a CPU run with the same seed repeats exactly."""
     max_steps: int = 120
     """Training steps (each: sample prompts, generate, score, update)."""
+    time_budget_seconds: float = 0.0
+    """Stop after the first step that ends this many seconds after training started (held-out evaluations
+    included), then evaluate, checkpoint and save as at max_steps. 0: no time limit. benchmarks/algorithms.py
+    gives every algorithm the same budget this way."""
     device: str = "auto"
     """"cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available, else CPU)."""
     dtype: str = "float32"
@@ -284,8 +289,8 @@ class TrainConfig:
                             f"uses ({self.advantage} sees one reward per response); use kl_penalty loss, or "
                             f"advantage gae")
         for name in ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
-                     "minibatch_size", "microbatch_size", "value_clip", "critic_warmup_steps", "lora_rank",
-                     "overlong_buffer", "overlong_penalty_factor"):
+                     "minibatch_size", "microbatch_size", "time_budget_seconds", "value_clip", "critic_warmup_steps",
+                     "lora_rank", "overlong_buffer", "overlong_penalty_factor"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.temperature < 0:

@@ -8,8 +8,10 @@ One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024):
   1. sample B prompts and wrap each in the R1-Zero template
   2. generate G completions per prompt with the current policy (the "old" policy of the ratio)
   3. score each completion with rule-based rewards: accuracy of the final answer, tag format
-  4. advantages: each reward compared with the others of its group
+     (steps 1-3 live in r1zero.batch, with DAPO's dynamic sampling and overlong penalty)
+  4. advantages: each reward compared with the others of its group (or, for PPO, GAE with a critic)
   5. update the policy mu times on the batch with the clipped surrogate, minus beta * KL to the reference
+     (PPO: and the critic, r1zero.critic)
   6. log; every eval_every steps, evaluate on held-out problems
   7. every checkpoint_every steps (and on Ctrl-C) save a checkpoint that `r1zero train --resume DIR` continues
      from exactly (r1zero.checkpoint); stop after max_nonfinite_steps steps in a row with non-finite updates
@@ -427,13 +429,15 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             "tok/s": f"{metrics['throughput/tokens_per_second']:.0f}",
             "s/step": f"{seconds:.2f}",
         }, eta_seconds=elapsed / (step - first_step + 1) * (config.max_steps - step))
-        if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
+        out_of_time = bool(config.time_budget_seconds) and elapsed >= config.time_budget_seconds
+        last = step == config.max_steps or out_of_time
+        if (config.eval_every and step % config.eval_every == 0) or last:
             run_evaluation(step)
 
         # ---- 7. checkpoint, or stop -----------------------------------------------------------------------
         nonfinite_steps = nonfinite_steps + 1 if update["skipped_updates"] else 0
-        interrupted = stop is not None and stop.requested is not None and step < config.max_steps  # last: finish
-        due = (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.max_steps
+        interrupted = stop is not None and stop.requested is not None and not last  # the last step: just finish
+        due = (config.checkpoint_every and step % config.checkpoint_every == 0) or last
         saved = checkpoint(step) if (due or interrupted) and nonfinite_steps == 0 else None  # never a bad step
         if nonfinite_steps >= config.max_nonfinite_steps or interrupted:
             progress.close()
@@ -446,6 +450,9 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             raise TrainingInterrupted(f"stopped after step {step} of {config.max_steps} by "
                                       f"{signal.Signals(stop.requested).name}: {where}. Continue with: r1zero train "
                                       f"--resume {output_dir}", stop.requested)
+        if out_of_time:
+            progress.write(f"r1zero: time budget of {config.time_budget_seconds:.0f}s spent after step {step}")
+            break
 
     # ---- save ---------------------------------------------------------------------------------------------
     progress.close()

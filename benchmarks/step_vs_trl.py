@@ -1,0 +1,289 @@
+"""r1zero's GRPO step against TRL's GRPOTrainer step, in one run, on the same models, prompts and settings.
+
+    pip install trl==1.16.0                       # for the benchmark only; r1zero does not depend on it
+    python benchmarks/step_vs_trl.py              # about 10 minutes on 2 cores
+    python benchmarks/step_vs_trl.py --steps 5 --models builtin    # a quick look
+
+Settings of every row: 8 prompts x 8 samples a step, at most 64 new tokens, temperature 1.0, one optimisation
+pass per batch (mu = 1), beta 0.04 (a reference model loaded) or 0; the built-in task's prompts in the R1-Zero
+template and its accuracy and format rewards on both sides. Models: the shipped base model (0.87M parameters;
+it stops after </answer>, TRL only at EOS one token later) and a randomly initialised ~4M-parameter Qwen2
+(hidden 256, 4 layers, 4 heads; it never stops, so both sides generate all 64 tokens of every sample).
+
+Each side runs in its own process (so peak RSS is its own), 2 warm-up steps then --steps timed ones; the median
+step is reported, and tokens generated per second of a full step (generation + scoring + update) is the fair
+figure when the sides stop at different tokens. A third row per model times the rollout alone: r1zero's engine
+against transformers' `generate` on the same batch.
+
+How close to the hardware: the machine's fp32 matmul throughput is measured (large square matrices), and each
+step's model FLOPs (2N per generated or reference-scored token, 6N per trained token, N = parameters) are
+reported as a fraction of it, split into generation and update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS, GROUP, NEW_TOKENS, LEARNING_RATE = 8, 8, 64, 1e-6
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 matmul throughput in GFLOP/s (best of `repeats`, torch's default threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def make_qwen2(folder: Path) -> Path:
+    """A random ~4M-parameter Qwen2 (hidden 256, 4 layers, 4 heads) with the built-in tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1zero.models import load_tokenizer
+    from r1zero.pretrain import SHIPPED_MODEL
+
+    tokenizer = load_tokenizer(SHIPPED_MODEL)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def prompts_text() -> list:
+    from r1zero.tasks import sums
+    from r1zero.templates import build_prompt
+
+    return [(build_prompt(e.prompt), e) for e in sums.held_out(PROMPTS)]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sides, each run in a child process: python step_vs_trl.py --worker SIDE MODEL BETA STEPS
+
+
+def run_r1zero(model: str, beta: float, steps: int) -> dict:
+    from r1zero.config import TrainConfig
+    from r1zero.trainer import train
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = TrainConfig(model=model, output_dir=str(Path(folder) / "run"), max_steps=steps + 2,
+                             prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=NEW_TOKENS, temperature=1.0,
+                             kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
+                             eval_problems=1, eval_samples=1, checkpoint_every=0, tensorboard=False)
+        records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "reward/mean" in r][2:]
+    return {
+        "seconds": [r["time/step_seconds"] for r in timed],
+        "generation_seconds": [r["time/generation_seconds"] for r in timed],
+        "tokens": [r["response/length_mean"] * PROMPTS * GROUP for r in timed],
+    }
+
+
+def run_trl(model: str, beta: float, steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1zero.models import load_tokenizer, resolve_model_path
+    from r1zero.rewards import format_reward, integer_reward
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    pairs = prompts_text()
+    examples = {text: example for text, example in pairs}
+    dataset = Dataset.from_list([{"prompt": text} for text, _ in pairs] * (steps + 2))
+
+    def accuracy(prompts, completions, **kwargs):
+        return [float(integer_reward(c, examples[p])) for p, c in zip(prompts, completions)]
+
+    def formatted(prompts, completions, **kwargs):
+        return [float(format_reward(c, examples[p])) for p, c in zip(prompts, completions)]
+
+    timings = {"seconds": [], "generation_seconds": [], "tokens": []}
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timings["seconds"].append(time.perf_counter() - self.started)
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = GRPOConfig(output_dir=folder, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+                          max_completion_length=NEW_TOKENS, temperature=1.0, top_k=0, top_p=1.0, beta=beta,
+                          num_iterations=1, steps_per_generation=1, learning_rate=LEARNING_RATE,
+                          max_steps=steps + 2, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+                          shuffle_dataset=False, warmup_steps=0, lr_scheduler_type="constant",
+                          reward_weights=[1.0, 0.5], disable_tqdm=True)
+        trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=[accuracy, formatted],
+                              args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StepTimer()])
+        generate = trainer._generate_and_score_completions
+
+        def timed_generate(*a, **k):
+            started = time.perf_counter()
+            output = generate(*a, **k)
+            timings["generation_seconds"].append(time.perf_counter() - started)
+            timings["tokens"].append(float(output["completion_mask"].sum()))
+            return output
+
+        trainer._generate_and_score_completions = timed_generate
+        trainer.train()
+    return {key: values[2:] for key, values in timings.items()}
+
+
+def run_rollout(model: str, beta: float, steps: int) -> dict:
+    """The rollout alone: r1zero's engine and transformers' generate, the same batch, alternating."""
+    from r1zero.models import load_model, load_tokenizer, resolve_model_path
+    from r1zero.rollout.transformers_engine import TransformersEngine
+    from r1zero.templates import STOP_STRING
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    policy = load_model(path, "float32", torch.device("cpu"), trainable=False)
+    engine = TransformersEngine(policy, tokenizer, STOP_STRING)
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text()]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(GROUP)])
+    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(GROUP)])[:, None])
+    result = {"seconds": [], "tokens": [], "hf_seconds": [], "hf_tokens": []}
+    generator = torch.Generator().manual_seed(0)
+    for index in range(steps + 2):
+        started = time.perf_counter()
+        generation = engine.generate(prompts, GROUP, NEW_TOKENS, 1.0, generator)
+        ours = time.perf_counter() - started
+        started = time.perf_counter()
+        with torch.no_grad():
+            output = policy.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0,
+                                     top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
+                                     pad_token_id=tokenizer.pad_token_id)  # stops at EOS (stop_strings fails on
+                                     # this word-level tokenizer); the built-in model writes EOS right after </answer>
+        theirs = time.perf_counter() - started
+        if index >= 2:
+            generated = output[:, width:]  # EOS is the pad token: counted are the tokens before it, </answer> included
+            result["seconds"].append(ours)
+            result["tokens"].append(float(sum(len(c) for c in generation.completions)))
+            result["hf_seconds"].append(theirs)
+            result["hf_tokens"].append(float((generated != tokenizer.pad_token_id).sum()))
+    return result
+
+
+SIDES = {"r1zero": run_r1zero, "trl": run_trl, "rollout": run_rollout}
+
+
+def worker(side: str, model: str, beta: float, steps: int) -> None:
+    torch.manual_seed(0)
+    result = SIDES[side](model, beta, steps)
+    result["peak_rss_mb"] = peak_rss_mb()
+    from r1zero.models import resolve_model_path
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    result["parameters"] = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    print("RESULT " + json.dumps(result))
+
+
+def measure(side: str, model: str, beta: float, steps: int) -> dict:
+    command = [sys.executable, __file__, "--worker", side, model, str(beta), str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{side} on {model} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The table
+
+
+def summary(result: dict, peak: float, beta: float) -> dict:
+    """Median seconds, tokens/s, and model FLOP/s of the step as a fraction of the matmul peak (gen / update)."""
+    n = result["parameters"]
+    seconds = statistics.median(result["seconds"])
+    tokens = statistics.median(result["tokens"])
+    generation = statistics.median(result["generation_seconds"])
+    generation_flops = 2 * n * tokens * (2 if beta else 1)  # sampling, plus reference scoring when beta > 0
+    update_flops = 6 * n * tokens
+    return {
+        "seconds": seconds, "tokens_per_second": tokens / seconds, "tokens": tokens, "rss": result["peak_rss_mb"],
+        "peak_fraction": (generation_flops + update_flops) / seconds / (peak * 1e9),
+        "generation_fraction": 2 * n * tokens / generation / (peak * 1e9),
+        "update_fraction": (update_flops + generation_flops - 2 * n * tokens) / max(seconds - generation, 1e-9)
+                           / (peak * 1e9),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps (default 10)")
+    parser.add_argument("--models", nargs="+", default=["builtin", "qwen2-4m"], choices=["builtin", "qwen2-4m"])
+    parser.add_argument("--betas", nargs="+", type=float, default=[0.04, 0.0])
+    parser.add_argument("--output", help="also write the raw timings to this JSON file")
+    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "MODEL", "BETA", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        side, model, beta, steps = args.worker
+        worker(side, model, float(beta), int(steps))
+        return 0
+
+    peak = matmul_gflops()
+    print(f"fp32 matmul peak on this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    rows, raw = [], {}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"builtin": "builtin", "qwen2-4m": str(make_qwen2(Path(folder) / "qwen2-4m"))}
+        for name in args.models:
+            for beta in args.betas:
+                results = {side: measure(side, paths[name], beta, args.steps) for side in ("trl", "r1zero")}
+                raw[f"{name} beta={beta}"] = results
+                ours, theirs = (summary(results[s], peak, beta) for s in ("r1zero", "trl"))
+                rows.append((f"{name}, beta {beta}", theirs, ours))
+                print(f"  {rows[-1][0]}: TRL {theirs['seconds']:.2f} s, r1zero {ours['seconds']:.2f} s", flush=True)
+            rollout = measure("rollout", paths[name], 0.0, args.steps)
+            raw[f"{name} rollout"] = rollout
+            hf = {"seconds": statistics.median(rollout["hf_seconds"]), "tokens": statistics.median(rollout["hf_tokens"])}
+            mine = {"seconds": statistics.median(rollout["seconds"]), "tokens": statistics.median(rollout["tokens"])}
+            rows.append((f"{name}, rollout only", hf, mine))
+
+    print("\n| setting | peer s/step | r1zero s/step | peer tok/s | r1zero tok/s | tok/s ratio | r1zero % of matmul "
+          "peak (gen / update) | peer % (gen / update) | peak RSS MB (peer / r1zero) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, theirs, ours in rows:
+        ratio = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
+        if "peak_fraction" in ours:
+            print(f"| {label} (peer: TRL) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
+                  f"{theirs['tokens_per_second']:.0f} | {ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
+                  f"{100 * ours['peak_fraction']:.0f}% ({100 * ours['generation_fraction']:.0f} / "
+                  f"{100 * ours['update_fraction']:.0f}) | {100 * theirs['peak_fraction']:.0f}% "
+                  f"({100 * theirs['generation_fraction']:.0f} / {100 * theirs['update_fraction']:.0f}) | "
+                  f"{theirs['rss']:.0f} / {ours['rss']:.0f} |")
+        else:
+            print(f"| {label} (peer: transformers generate) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
+                  f"{theirs['tokens'] / theirs['seconds']:.0f} | {ours['tokens'] / ours['seconds']:.0f} | "
+                  f"**{ratio:.2f}x** | | | |")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"matmul_gflops": peak, "runs": raw}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
