@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny randomly initialised Hugging Face models saved to a temporary folder by the test."""
+"""Shared fixtures: tiny randomly initialised Hugging Face models saved to a temporary folder by the test, and
+helpers for tiny training runs on them."""
+
+import json
 
 import pytest
 import torch
@@ -6,7 +9,12 @@ import torch
 
 def save_tiny_model(folder, architecture: str = "llama", hidden_size: int = 32, seed: int = 0):
     """A 2-layer random Llama or Qwen2 with r1zero's word-level tokenizer, saved with save_pretrained."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     from r1zero.pretrain import build_corpus, build_tokenizer
 
@@ -35,3 +43,30 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+def tiny_run_config(model_dir, folder, **settings):
+    """Settings for a training run of a few seconds on a tiny model, writing into folder/run."""
+    from r1zero.config import TrainConfig
+
+    base = dict(model=str(model_dir), output_dir=str(folder / "run"), max_steps=3, prompts_per_step=2, group_size=4,
+                max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
+                learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
+    return TrainConfig(**(base | settings))
+
+
+def read_metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(records):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
+
+
+@pytest.fixture
+def length_reward(monkeypatch):
+    """A random model never answers right; a length reward (the "length" of tiny_run_config) gives every group a
+    signal."""
+    from r1zero.rewards import REWARD_FUNCTIONS
+
+    monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)

@@ -5,34 +5,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from conftest import read_metrics, tiny_run_config
 
-from r1zero.config import TrainConfig
 from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.trainer import train
-
-
-def _records(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def _without_timings(records):
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
-
-
-def _small(model_dir, tmp_path, **settings) -> TrainConfig:
-    base = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=3, prompts_per_step=2,
-                group_size=4, max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
-                learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
-    return TrainConfig(**(base | settings))
-
-
-@pytest.fixture
-def length_reward(monkeypatch):
-    """A random model never answers right; a length reward gives every group a signal."""
-    monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
 
 
 def test_dynamic_sampling_keeps_only_informative_groups(llama_dir, tmp_path, monkeypatch):
@@ -45,9 +22,9 @@ def test_dynamic_sampling_keeps_only_informative_groups(llama_dir, tmp_path, mon
         return float(len(completion) % 2) if example.metadata["numbers"][0] % 2 == 0 else 1.0
 
     monkeypatch.setitem(REWARD_FUNCTIONS, "parity", parity)
-    config = _small(llama_dir, tmp_path, reward_weights={"parity": 1.0}, dynamic_sampling=True,
+    config = tiny_run_config(llama_dir, tmp_path, reward_weights={"parity": 1.0}, dynamic_sampling=True,
                     max_sampling_rounds=4, prompts_per_step=4, max_steps=3, temperature=1.5)
-    steps = [r for r in _records(train(config)) if "reward/mean" in r]
+    steps = [r for r in read_metrics(train(config)) if "reward/mean" in r]
     for record in steps:
         rounds, kept = record["dynamic_sampling/rounds"], record["dynamic_sampling/kept_groups"]
         assert 1 <= rounds <= 4 and 0 <= kept <= 4
@@ -61,9 +38,9 @@ def test_dynamic_sampling_keeps_only_informative_groups(llama_dir, tmp_path, mon
 
 
 def test_overlong_penalty_and_truncation_mask(llama_dir, tmp_path, length_reward):
-    config = _small(llama_dir, tmp_path, overlong_buffer=4, overlong_penalty_factor=0.5, mask_truncated=True,
+    config = tiny_run_config(llama_dir, tmp_path, overlong_buffer=4, overlong_penalty_factor=0.5, mask_truncated=True,
                     max_steps=2)
-    steps = [r for r in _records(train(config)) if "reward/mean" in r]
+    steps = [r for r in read_metrics(train(config)) if "reward/mean" in r]
     for record in steps:
         assert -0.5 <= record["reward/overlong"] <= 0.0
         assert record["reward/mean"] == pytest.approx(record["reward/accuracy"] + 0.5 * record["reward/format"]

@@ -5,38 +5,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import read_metrics, tiny_run_config, without_timings
 from transformers import AutoModelForCausalLM
 
-from r1zero.checkpoint import load_checkpoint, latest_checkpoint
-from r1zero.config import TrainConfig
+from r1zero.checkpoint import latest_checkpoint, load_checkpoint
 from r1zero.critic import ValueModel
-from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.trainer import pack_rollout, train
-
-
-def _records(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def _without_timings(records):
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
-
-
-def _small(model_dir, tmp_path, **settings) -> TrainConfig:
-    base = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=3, prompts_per_step=2,
-                group_size=4, max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
-                learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
-    return TrainConfig(**(base | settings))
-
-
-@pytest.fixture
-def length_reward(monkeypatch):
-    """A random model never answers right; a length reward gives every group a signal."""
-    monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
 
 
 def test_value_model_reads_the_state_before_each_token(llama_dir):
@@ -64,10 +40,10 @@ def test_value_model_starts_at_zero_from_the_base_weights(llama_dir):
 
 @pytest.mark.parametrize("kl_penalty", ["reward", "loss"])
 def test_ppo_trains_the_policy_and_the_critic(llama_dir, tmp_path, length_reward, kl_penalty):
-    config = _small(llama_dir, tmp_path, advantage="gae", kl_coef=0.05, kl_penalty=kl_penalty, max_steps=4,
+    config = tiny_run_config(llama_dir, tmp_path, advantage="gae", kl_coef=0.05, kl_penalty=kl_penalty, max_steps=4,
                     critic_warmup_steps=1, critic_learning_rate=1e-2, updates_per_batch=2, minibatch_size=4)
     output = train(config)
-    steps = [r for r in _records(output) if "reward/mean" in r]
+    steps = [r for r in read_metrics(output) if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert steps[0]["grad_norm"] == 0.0 and steps[1]["grad_norm"] > 0  # warm-up: the critic alone, then both
     assert all(r["critic/grad_norm"] > 0 and r["critic/value_loss"] > 0 for r in steps)
@@ -82,7 +58,7 @@ def test_ppo_resume_continues_the_critic_exactly(llama_dir, tmp_path, length_rew
     # eval_every 1: the run stopped at step 2 evaluates there (a run's last step always does), so the one that
     # never stopped must too, or their sampling generators part
     settings = dict(advantage="gae", checkpoint_every=1, eval_every=1, critic_learning_rate=1e-2)
-    whole = _records(train(_small(llama_dir, tmp_path / "a", max_steps=3, **settings)))
-    train(_small(llama_dir, tmp_path / "b", max_steps=2, **settings))
-    resumed = _records(train(_small(llama_dir, tmp_path / "b", max_steps=3, **settings), resume=True))
-    assert _without_timings(resumed) == _without_timings(whole)
+    whole = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "a", max_steps=3, **settings)))
+    train(tiny_run_config(llama_dir, tmp_path / "b", max_steps=2, **settings))
+    resumed = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "b", max_steps=3, **settings), resume=True))
+    assert without_timings(resumed) == without_timings(whole)

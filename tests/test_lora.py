@@ -5,45 +5,20 @@
 
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
+from conftest import read_metrics, tiny_run_config, without_timings
 from transformers import AutoModelForCausalLM
 
-from r1zero.config import TrainConfig
 from r1zero.models import full_sequence_logprobs
-from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.trainer import train
-
-
-def _records(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def _without_timings(records):
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
-
-
-def _small(model_dir, tmp_path, **settings) -> TrainConfig:
-    base = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=3, prompts_per_step=2,
-                group_size=4, max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
-                learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
-    return TrainConfig(**(base | settings))
-
-
-@pytest.fixture
-def length_reward(monkeypatch):
-    """A random model never answers right; a length reward gives every group a signal."""
-    monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
 
 
 def test_lora_reference_is_the_base_model_and_output_is_merged(llama_dir, tmp_path, length_reward):
     from peft import PeftModel
 
-    config = _small(llama_dir, tmp_path, lora_rank=4, lora_alpha=8, kl_coef=0.05, max_steps=2, learning_rate=5e-2)
+    config = tiny_run_config(llama_dir, tmp_path, lora_rank=4, lora_alpha=8, kl_coef=0.05, max_steps=2, learning_rate=5e-2)
     output = train(config)
-    steps = [r for r in _records(output) if "reward/mean" in r]
+    steps = [r for r in read_metrics(output) if "reward/mean" in r]
     assert steps[-1]["kl"] > 0  # the adapters moved the policy away from the adapter-free reference
 
     base = AutoModelForCausalLM.from_pretrained(llama_dir)
@@ -66,7 +41,7 @@ def test_lora_reference_is_the_base_model_and_output_is_merged(llama_dir, tmp_pa
 
 def test_lora_resume_repeats_the_uninterrupted_run(llama_dir, tmp_path, length_reward):
     settings = dict(lora_rank=4, checkpoint_every=1, eval_every=1, learning_rate=5e-2)
-    whole = _records(train(_small(llama_dir, tmp_path / "a", max_steps=3, **settings)))
-    train(_small(llama_dir, tmp_path / "b", max_steps=2, **settings))
-    resumed = _records(train(_small(llama_dir, tmp_path / "b", max_steps=3, **settings), resume=True))
-    assert _without_timings(resumed) == _without_timings(whole)
+    whole = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "a", max_steps=3, **settings)))
+    train(tiny_run_config(llama_dir, tmp_path / "b", max_steps=2, **settings))
+    resumed = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "b", max_steps=3, **settings), resume=True))
+    assert without_timings(resumed) == without_timings(whole)
