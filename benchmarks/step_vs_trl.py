@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -74,6 +75,13 @@ def prompts_text() -> list:
     return [(build_prompt(e.prompt), e) for e in sums.held_out(PROMPTS)]
 
 
+class Shape(NamedTuple):
+    """What a row measures: samples per prompt and the generation budget (8 prompts always)."""
+
+    group: int = GROUP
+    new_tokens: int = NEW_TOKENS
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -82,13 +90,14 @@ def peak_rss_mb() -> float:
 # The sides, each run in a child process: python step_vs_trl.py --worker SIDE MODEL BETA STEPS
 
 
-def run_r1zero(model: str, beta: float, steps: int) -> dict:
+def run_r1zero(model: str, beta: float, steps: int, shape: Shape) -> dict:
     from r1zero.config import TrainConfig
     from r1zero.trainer import train
 
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(model=model, output_dir=str(Path(folder) / "run"), max_steps=steps + 2,
-                             prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=NEW_TOKENS, temperature=1.0,
+                             prompts_per_step=PROMPTS, group_size=shape.group, max_new_tokens=shape.new_tokens,
+                             temperature=1.0,
                              kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
                              eval_problems=1, eval_samples=1, checkpoint_every=0, tensorboard=False)
         records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
@@ -96,11 +105,11 @@ def run_r1zero(model: str, beta: float, steps: int) -> dict:
     return {
         "seconds": [r["time/step_seconds"] for r in timed],
         "generation_seconds": [r["time/generation_seconds"] for r in timed],
-        "tokens": [r["response/length_mean"] * PROMPTS * GROUP for r in timed],
+        "tokens": [r["response/length_mean"] * PROMPTS * shape.group for r in timed],
     }
 
 
-def run_trl(model: str, beta: float, steps: int) -> dict:
+def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -130,8 +139,8 @@ def run_trl(model: str, beta: float, steps: int) -> dict:
             timings["seconds"].append(time.perf_counter() - self.started)
 
     with tempfile.TemporaryDirectory() as folder:
-        args = GRPOConfig(output_dir=folder, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
-                          max_completion_length=NEW_TOKENS, temperature=1.0, top_k=0, top_p=1.0, beta=beta,
+        args = GRPOConfig(output_dir=folder, per_device_train_batch_size=PROMPTS * shape.group,
+                          num_generations=shape.group, max_completion_length=shape.new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=beta,
                           num_iterations=1, steps_per_generation=1, learning_rate=LEARNING_RATE,
                           max_steps=steps + 2, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
                           shuffle_dataset=False, warmup_steps=0, lr_scheduler_type="constant",
@@ -152,7 +161,7 @@ def run_trl(model: str, beta: float, steps: int) -> dict:
     return {key: values[2:] for key, values in timings.items()}
 
 
-def run_rollout(model: str, beta: float, steps: int) -> dict:
+def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
     """The rollout alone: r1zero's engine and transformers' generate, the same batch, alternating."""
     from r1zero.models import load_model, load_tokenizer, resolve_model_path
     from r1zero.rollout.transformers_engine import TransformersEngine
@@ -164,18 +173,18 @@ def run_rollout(model: str, beta: float, steps: int) -> dict:
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text()]
     width = max(map(len, prompts))
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(GROUP)])
-    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(GROUP)])[:, None])
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(shape.group)])
+    mask = torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(shape.group)])[:, None]
     result = {"seconds": [], "tokens": [], "hf_seconds": [], "hf_tokens": []}
     generator = torch.Generator().manual_seed(0)
     for index in range(steps + 2):
         started = time.perf_counter()
-        generation = engine.generate(prompts, GROUP, NEW_TOKENS, 1.0, generator)
+        generation = engine.generate(prompts, shape.group, shape.new_tokens, 1.0, generator)
         ours = time.perf_counter() - started
         started = time.perf_counter()
         with torch.no_grad():
             output = policy.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0,
-                                     top_k=0, top_p=1.0, max_new_tokens=NEW_TOKENS,
+                                     top_k=0, top_p=1.0, max_new_tokens=shape.new_tokens,
                                      pad_token_id=tokenizer.pad_token_id)  # stops at EOS (stop_strings fails on
                                      # this word-level tokenizer); the built-in model writes EOS right after </answer>
         theirs = time.perf_counter() - started
@@ -191,9 +200,9 @@ def run_rollout(model: str, beta: float, steps: int) -> dict:
 SIDES = {"r1zero": run_r1zero, "trl": run_trl, "rollout": run_rollout}
 
 
-def worker(side: str, model: str, beta: float, steps: int) -> None:
+def worker(side: str, model: str, beta: float, steps: int, shape: Shape) -> None:
     torch.manual_seed(0)
-    result = SIDES[side](model, beta, steps)
+    result = SIDES[side](model, beta, steps, shape)
     result["peak_rss_mb"] = peak_rss_mb()
     from r1zero.models import resolve_model_path
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -203,8 +212,10 @@ def worker(side: str, model: str, beta: float, steps: int) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def measure(side: str, model: str, beta: float, steps: int) -> dict:
-    command = [sys.executable, __file__, "--worker", side, model, str(beta), str(steps)]
+def measure(side: str, model: str, beta: float, steps: int, shape: Shape = Shape()) -> dict:
+    """Run one side in a child process and return its timings."""
+    command = [sys.executable, __file__, "--worker", side, model, str(beta), str(steps), str(shape.group),
+               str(shape.new_tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -239,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["builtin", "qwen2-4m"], choices=["builtin", "qwen2-4m"])
     parser.add_argument("--betas", nargs="+", type=float, default=[0.04, 0.0])
     parser.add_argument("--output", help="also write the raw timings to this JSON file")
-    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "MODEL", "BETA", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)  # SIDE MODEL BETA STEPS GROUP NEW_TOKENS
     args = parser.parse_args(argv)
     if args.worker:
-        side, model, beta, steps = args.worker
-        worker(side, model, float(beta), int(steps))
+        side, model, beta, steps, group, new_tokens = args.worker
+        worker(side, model, float(beta), int(steps), Shape(int(group), int(new_tokens)))
         return 0
 
     peak = matmul_gflops()

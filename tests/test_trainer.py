@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from r1zero.config import TrainConfig
 from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.models import full_sequence_logprobs
+from r1zero import trainer
 from r1zero.trainer import pack_rollout, train, update_plan, update_policy
 
 
@@ -49,9 +50,27 @@ def test_shared_prompt_logprobs_equal_a_full_forward_pass_with_their_gradients(r
     torch.testing.assert_close(subset * mask[[2, 1]], (plain * mask)[[2, 1]].detach(), atol=1e-5, rtol=0)
 
 
+def test_length_packing_by_hand(monkeypatch):
+    monkeypatch.setattr(trainer, "PADDED_TOKENS_PER_MICROBATCH", 10)
+    groups = trainer.length_packed(torch.tensor([3, 5, 1, 4, 2, 6]))
+    # longest first: [6] alone (2 x 6 > 10); [5, 4] (2 x 5 = 10); [3, 2, 1] (3 x 3 = 9): 25 padded tokens, not 36
+    assert [g.tolist() for g in groups] == [[5], [1, 3], [0, 4, 2]]
+    assert [g.tolist() for g in trainer.length_packed(torch.tensor([2, 1, 2]))] == [[0, 1, 2]]  # fits: as is
+
+
+def test_trimmed_rollout_drops_only_padding():
+    rollout = pack_rollout([[3, 4]], [[5, 6], [7]], 2, 0, torch.tensor([1.0, -1.0]), torch.device("cpu"))
+    rollout.old_logprobs = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]])
+    short = rollout.rows(torch.tensor([1])).trimmed()
+    assert short.completion_ids.tolist() == [[7]] and short.old_logprobs.tolist() == [[-3.0]]
+    assert short.advantages.tolist() == [-1.0] and short.group_index.tolist() == [0]
+    assert rollout.trimmed() is rollout  # already as narrow as its longest row
+
+
 @pytest.mark.parametrize("aggregation", ["sequence", "token", "constant"])
-def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
-    """One SGD step with micro-batches of 1 and 3 rows lands on the same weights as the whole batch at once."""
+def test_micro_batching_does_not_change_the_update(llama_dir, aggregation, monkeypatch):
+    """One SGD step with micro-batches of 1 and 3 rows, or packed by length and trimmed, lands on the same weights
+    as the whole batch at once."""
     torch.manual_seed(0)
     prompts = [[3, 4, 5], [6, 7]]
     completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4, 2, 6)]
@@ -59,13 +78,17 @@ def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
                            torch.device("cpu"))
     rollout.ref_logprobs = -torch.rand(rollout.completion_mask.shape)  # a KL term too (k3, beta 0.1)
     results = []
-    for microbatch in (0, 1, 3):
+    for microbatch in (0, 1, 3, "packed"):
+        if microbatch == "packed":  # length-packed micro-batches of at most 10 padded tokens: [6], [5, 4], [3, 2, 1]
+            monkeypatch.setattr(trainer, "PADDED_TOKENS_PER_MICROBATCH", 10)
+            microbatch = 0
         model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64)
         config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=microbatch, kl_coef=0.1,
                              loss_aggregation=aggregation, max_new_tokens=6, max_grad_norm=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         rollout.ref_logprobs = rollout.ref_logprobs.double()
-        plan = update_plan(6, config, torch.Generator().manual_seed(0), torch.device("cpu"))
+        lengths = rollout.completion_mask.sum(dim=1).long()
+        plan = update_plan(lengths, config, torch.Generator().manual_seed(0), torch.device("cpu"))
         metrics = update_policy(model, optimizer, rollout, config, plan)
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics["loss"]))
     # Rows of one group share their prompt's KV cache inside a micro-batch but not across micro-batches. In

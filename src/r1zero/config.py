@@ -122,8 +122,10 @@ class TrainConfig:
     minibatch_size: int = 0
     """Sequences per optimiser step (0: the whole batch, one optimiser step per pass). Must divide B x G."""
     microbatch_size: int = 0
-    """Sequences per forward/backward inside a minibatch (gradient accumulation; 0: the whole minibatch). Only
-    memory changes, never the gradient. Must divide minibatch_size."""
+    """Sequences per forward/backward inside a minibatch (gradient accumulation). 0: automatic: the minibatch
+    whole when rows x longest completion fits in 4096 tokens, else its rows sorted by length and packed into
+    micro-batches of at most 4096 padded tokens, each cut to its longest row (most padding is never computed).
+    Only memory and speed change, never the gradient. Must divide minibatch_size."""
     learning_rate: float = 2e-4
     """AdamW learning rate, constant after warm-up. Tiny models need far more than the 1e-6 range of 7B models."""
     warmup_steps: int = 5

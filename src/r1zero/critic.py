@@ -67,16 +67,16 @@ class Critic:
         aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
         totals = {"value_loss": 0.0, "value_clip_fraction": 0.0, "grad_norm": 0.0}
         steps = 0
-        for batch, micro_slices in schedule:
+        for batch, micro_slices in schedule:  # minibatch rows, [positions of each micro-batch]
             batch = rollout.rows(batch)
             weights = aggregation(batch.completion_mask, config.max_new_tokens)  # (M, T)
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, clipped = 0.0, 0.0
             for rows in micro_slices:
-                micro = batch.rows(rows)
-                values = self.model.completion_values(micro)  # (m, T)
+                micro = batch.rows(rows).trimmed()
+                values = self.model.completion_values(micro)  # (m, t)
                 value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, config.value_clip)
-                loss = (value_loss.per_token_loss * weights[rows]).sum()
+                loss = (value_loss.per_token_loss * weights[rows][:, :values.shape[1]]).sum()
                 loss.backward()
                 loss_sum += loss.item()
                 clipped += (value_loss.is_clipped.float() * micro.completion_mask).sum().item()

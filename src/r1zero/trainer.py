@@ -79,6 +79,16 @@ class Rollout:
         picked = {name: None if getattr(self, name) is None else getattr(self, name)[index] for name in self.ROW_FIELDS}
         return dataclasses.replace(self, **picked)
 
+    def trimmed(self) -> "Rollout":
+        """The same rows cut to their longest completion: the columns dropped are padding in every row, so no
+        number changes (causal attention never looks right), only the work."""
+        width = max(1, int(self.completion_mask.sum(dim=1).max()))
+        if width == self.completion_ids.shape[1]:
+            return self
+        per_token = {name: getattr(self, name) for name in self.ROW_FIELDS
+                     if getattr(self, name) is not None and getattr(self, name).dim() == 2}  # (n, T) fields
+        return dataclasses.replace(self, **{name: value[:, :width] for name, value in per_token.items()})
+
     @property
     def token_mask(self) -> torch.Tensor:
         """(N, T) the tokens that count in the loss."""
@@ -124,19 +134,51 @@ def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
     return torch.cat([rollout.rows(slice(start, start + chunk)).logprobs(model)[0] for start in range(0, count, chunk)])
 
 
-def update_plan(count: int, config: TrainConfig, generator: torch.Generator, device) -> list:
-    """updates_per_batch passes over the N = count rows in shuffled minibatches: a list of (minibatch rows (M,),
-    [micro-batch slices of those M rows]); each minibatch is one optimiser step. The policy and the critic
-    follow the same plan."""
+PADDED_TOKENS_PER_MICROBATCH = 4096  # microbatch_size 0: rows x width of one length-packed micro-batch, at most
+
+
+def update_plan(lengths: torch.Tensor, config: TrainConfig, generator: torch.Generator, device) -> list:
+    """updates_per_batch passes over the N rows (completion `lengths` (N,)) in shuffled minibatches: a list of
+    (minibatch rows (M,), [micro-batches: positions within those M rows]); each minibatch is one optimiser step.
+    The policy and the critic follow the same plan.
+
+    Micro-batches: microbatch_size rows each, in order; or with microbatch_size 0, the minibatch's rows sorted
+    longest first and packed greedily into micro-batches of at most PADDED_TOKENS_PER_MICROBATCH padded tokens
+    (rows x the longest row), one when it all fits. With completions of uneven length this skips most of the
+    padding a single right-padded batch computes; the gradient is the same either way (the loss weights belong
+    to the minibatch; tested)."""
+    count = len(lengths)
     minibatch = config.minibatch_size or count
-    microbatch = config.microbatch_size or minibatch
     plan = []
     for _ in range(config.updates_per_batch):
         order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
         for start in range(0, count, minibatch):
-            rows = order[start:start + minibatch].to(device)
-            plan.append((rows, [slice(m, m + microbatch) for m in range(0, len(rows), microbatch)]))
+            rows = order[start:start + minibatch]
+            if config.microbatch_size:
+                micro = [torch.arange(m, min(m + config.microbatch_size, len(rows)))
+                         for m in range(0, len(rows), config.microbatch_size)]
+            else:
+                micro = length_packed(lengths[rows])
+            plan.append((rows.to(device), [positions.to(device) for positions in micro]))
     return plan
+
+
+def length_packed(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Positions 0..M-1 grouped into micro-batches of at most PADDED_TOKENS_PER_MICROBATCH padded tokens, longest
+    rows first; all of them in their own order when they fit in one."""
+    longest = max(1, int(lengths.max()))
+    if len(lengths) * longest <= PADDED_TOKENS_PER_MICROBATCH:
+        return [torch.arange(len(lengths))]
+    groups, current, width = [], [], 1
+    for position in torch.argsort(lengths, descending=True, stable=True).tolist():
+        if current and (len(current) + 1) * width > PADDED_TOKENS_PER_MICROBATCH:
+            groups.append(current)
+            current = []
+        if not current:  # longest first: a micro-batch's first row sets its width
+            width = max(1, int(lengths[position]))
+        current.append(position)
+    groups.append(current)
+    return [torch.tensor(group) for group in groups]
 
 
 def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list) -> dict:
@@ -156,8 +198,9 @@ def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan:
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
         tokens = batch.token_mask.sum().clamp(min=1)
         for rows in micro_slices:
-            micro = batch.rows(rows)
-            mask, micro_weights = micro.token_mask, weights[rows]
+            micro = batch.rows(rows).trimmed()
+            mask = micro.token_mask  # (m, t), t <= T
+            micro_weights = weights[rows][:, :mask.shape[1]]
             logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (m, T)
             old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
             policy = algorithms.clipped_surrogate_loss(logprobs, old, micro.advantages, config.clip_low,
@@ -376,7 +419,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             rollout.ref_logprobs = None  # in the reward (PPO) or only measured: not a loss term
 
         # ---- 5. policy update (and critic update) ---------------------------------------------------------
-        plan = update_plan(count, config, shuffling, device)
+        plan = update_plan(rollout.completion_mask.sum(dim=1).long().cpu(), config, shuffling, device)
         if critic is not None and step <= config.critic_warmup_steps:
             update = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
                       "skipped_updates": 0}  # critic warm-up: the policy (and its lr schedule) waits for useful values
