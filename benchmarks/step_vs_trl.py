@@ -10,6 +10,7 @@ template and its accuracy and format rewards on both sides. Models: the shipped 
 it stops after </answer>, TRL only at EOS one token later) and a randomly initialised ~4M-parameter Qwen2
 (hidden 256, 4 layers, 4 heads; it never stops, so both sides generate all 64 tokens of every sample).
 
+r1zero packs its update's rows by length (microbatch_tokens 4096, opt-in: same gradient, run-to-run rounding).
 Each side runs in its own process (so peak RSS is its own), 2 warm-up steps then --steps timed ones; the median
 step is reported, and tokens generated per second of a full step (generation + scoring + update) is the fair
 figure when the sides stop at different tokens. A third row per model times the rollout alone: r1zero's engine
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import torch
 
 PROMPTS, GROUP, NEW_TOKENS, LEARNING_RATE = 8, 8, 64, 1e-6
+MICROBATCH_TOKENS = 4096  # r1zero packs rows by length for its update (opt-in: see TrainConfig.microbatch_tokens)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -99,6 +101,7 @@ def run_r1zero(model: str, beta: float, steps: int, shape: Shape) -> dict:
                              prompts_per_step=PROMPTS, group_size=shape.group, max_new_tokens=shape.new_tokens,
                              temperature=1.0,
                              kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
+                             microbatch_tokens=MICROBATCH_TOKENS,
                              eval_problems=1, eval_samples=1, checkpoint_every=0, tensorboard=False)
         records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "reward/mean" in r][2:]

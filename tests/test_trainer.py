@@ -50,12 +50,11 @@ def test_shared_prompt_logprobs_equal_a_full_forward_pass_with_their_gradients(r
     torch.testing.assert_close(subset * mask[[2, 1]], (plain * mask)[[2, 1]].detach(), atol=1e-5, rtol=0)
 
 
-def test_length_packing_by_hand(monkeypatch):
-    monkeypatch.setattr(trainer, "PADDED_TOKENS_PER_MICROBATCH", 10)
-    groups = trainer.length_packed(torch.tensor([3, 5, 1, 4, 2, 6]))
+def test_length_packing_by_hand():
+    groups = trainer.length_packed(torch.tensor([3, 5, 1, 4, 2, 6]), 10)
     # longest first: [6] alone (2 x 6 > 10); [5, 4] (2 x 5 = 10); [3, 2, 1] (3 x 3 = 9): 25 padded tokens, not 36
     assert [g.tolist() for g in groups] == [[5], [1, 3], [0, 4, 2]]
-    assert [g.tolist() for g in trainer.length_packed(torch.tensor([2, 1, 2]))] == [[0, 1, 2]]  # fits: as is
+    assert [g.tolist() for g in trainer.length_packed(torch.tensor([2, 1, 2]), 10)] == [[0, 1, 2]]  # fits: as is
 
 
 def test_trimmed_rollout_drops_only_padding():
@@ -68,7 +67,7 @@ def test_trimmed_rollout_drops_only_padding():
 
 
 @pytest.mark.parametrize("aggregation", ["sequence", "token", "constant"])
-def test_micro_batching_does_not_change_the_update(llama_dir, aggregation, monkeypatch):
+def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
     """One SGD step with micro-batches of 1 and 3 rows, or packed by length and trimmed, lands on the same weights
     as the whole batch at once."""
     torch.manual_seed(0)
@@ -78,13 +77,12 @@ def test_micro_batching_does_not_change_the_update(llama_dir, aggregation, monke
                            torch.device("cpu"))
     rollout.ref_logprobs = -torch.rand(rollout.completion_mask.shape)  # a KL term too (k3, beta 0.1)
     results = []
-    for microbatch in (0, 1, 3, "packed"):
-        if microbatch == "packed":  # length-packed micro-batches of at most 10 padded tokens: [6], [5, 4], [3, 2, 1]
-            monkeypatch.setattr(trainer, "PADDED_TOKENS_PER_MICROBATCH", 10)
-            microbatch = 0
+    # micro-batches of 1 and 3 rows, and length-packed ones of at most 10 padded tokens: [6], [5, 4], [3, 2, 1]
+    for microbatch, microbatch_tokens in ((0, 0), (1, 0), (3, 0), (0, 10)):
         model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64)
         config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=microbatch, kl_coef=0.1,
-                             loss_aggregation=aggregation, max_new_tokens=6, max_grad_norm=0.0)
+                             microbatch_tokens=microbatch_tokens, loss_aggregation=aggregation, max_new_tokens=6,
+                             max_grad_norm=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         rollout.ref_logprobs = rollout.ref_logprobs.double()
         lengths = rollout.completion_mask.sum(dim=1).long()

@@ -122,10 +122,13 @@ class TrainConfig:
     minibatch_size: int = 0
     """Sequences per optimiser step (0: the whole batch, one optimiser step per pass). Must divide B x G."""
     microbatch_size: int = 0
-    """Sequences per forward/backward inside a minibatch (gradient accumulation). 0: automatic: the minibatch
-    whole when rows x longest completion fits in 4096 tokens, else its rows sorted by length and packed into
-    micro-batches of at most 4096 padded tokens, each cut to its longest row (most padding is never computed).
-    Only memory and speed change, never the gradient. Must divide minibatch_size."""
+    """Sequences per forward/backward inside a minibatch (gradient accumulation; 0: the whole minibatch, or see
+    microbatch_tokens). Only memory changes, never the gradient. Must divide minibatch_size."""
+    microbatch_tokens: int = 0
+    """With microbatch_size 0: sort the minibatch's rows by length and pack them into micro-batches of at most this
+    many padded tokens (rows x longest row), each cut to its longest row, so uneven lengths cost little padding
+    (4096: 1.8x faster steps at 256 new tokens on a 4M model). Same gradient, but with 2+ CPU threads the
+    rounding then varies from run to run, so a seeded CPU run no longer repeats bit for bit. 0: off."""
     learning_rate: float = 2e-4
     """AdamW learning rate, constant after warm-up. Tiny models need far more than the 1e-6 range of 7B models."""
     warmup_steps: int = 5
@@ -291,8 +294,8 @@ class TrainConfig:
                             f"uses ({self.advantage} sees one reward per response); use kl_penalty loss, or "
                             f"advantage gae")
         for name in ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
-                     "minibatch_size", "microbatch_size", "time_budget_seconds", "value_clip", "critic_warmup_steps",
-                     "lora_rank", "overlong_buffer", "overlong_penalty_factor"):
+                     "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds", "value_clip",
+                     "critic_warmup_steps", "lora_rank", "overlong_buffer", "overlong_penalty_factor"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.temperature < 0:

@@ -45,7 +45,8 @@ class ValueModel(torch.nn.Module):
 
 
 class Critic:
-    """The value model with its own optimiser; `values` scores a rollout, `update` regresses it on the returns."""
+    """The value model with its own optimiser; `values` scores a rollout, `micro_loss` is what the trainer's
+    minibatch_steps regresses on the returns."""
 
     def __init__(self, model: ValueModel, learning_rate: float, weight_decay: float):
         self.model = model
@@ -60,36 +61,17 @@ class Critic:
                             for s in range(0, count, chunk)])
         return values * rollout.completion_mask
 
-    def update(self, rollout, config, schedule) -> dict:
-        """Clipped value loss against rollout.returns, one optimiser step per minibatch of `schedule` (the same
-        (minibatch, micro-batches) plan as the policy's). Returns value_loss, value_clip_fraction, grad_norm."""
-        self.model.train()
-        aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
-        totals = {"value_loss": 0.0, "value_clip_fraction": 0.0, "grad_norm": 0.0}
-        steps = 0
-        for batch, micro_slices in schedule:  # minibatch rows, [positions of each micro-batch]
-            batch = rollout.rows(batch)
-            weights = aggregation(batch.completion_mask, config.max_new_tokens)  # (M, T)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_sum, clipped = 0.0, 0.0
-            for rows in micro_slices:
-                micro = batch.rows(rows).trimmed()
-                values = self.model.completion_values(micro)  # (m, t)
-                value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, config.value_clip)
-                loss = (value_loss.per_token_loss * weights[rows][:, :values.shape[1]]).sum()
-                loss.backward()
-                loss_sum += loss.item()
-                clipped += (value_loss.is_clipped.float() * micro.completion_mask).sum().item()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm or float("inf"))
-            if not torch.isfinite(norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            self.optimizer.step()
-            steps += 1
-            totals["value_loss"] += loss_sum
-            totals["value_clip_fraction"] += clipped / batch.completion_mask.sum().clamp(min=1).item()
-            totals["grad_norm"] += norm.item()
-        return {f"critic/{key}": value / max(1, steps) for key, value in totals.items()}
+    def micro_loss(self, value_clip: float):
+        """The critic's loss for the trainer's minibatch_steps: PPO's clipped value loss against rollout.returns,
+        weighted per token; also counts the tokens whose value was clipped."""
+
+        def loss(micro, weights: torch.Tensor):
+            values = self.model.completion_values(micro)  # (m, t)
+            value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, value_clip)
+            clipped = (value_loss.is_clipped.float() * micro.completion_mask).sum().item()
+            return (value_loss.per_token_loss * weights).sum(), {"value_clip_fraction": clipped}
+
+        return loss
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -134,19 +134,15 @@ def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
     return torch.cat([rollout.rows(slice(start, start + chunk)).logprobs(model)[0] for start in range(0, count, chunk)])
 
 
-PADDED_TOKENS_PER_MICROBATCH = 4096  # microbatch_size 0: rows x width of one length-packed micro-batch, at most
-
-
 def update_plan(lengths: torch.Tensor, config: TrainConfig, generator: torch.Generator, device) -> list:
     """updates_per_batch passes over the N rows (completion `lengths` (N,)) in shuffled minibatches: a list of
     (minibatch rows (M,), [micro-batches: positions within those M rows]); each minibatch is one optimiser step.
     The policy and the critic follow the same plan.
 
-    Micro-batches: microbatch_size rows each, in order; or with microbatch_size 0, the minibatch's rows sorted
-    longest first and packed greedily into micro-batches of at most PADDED_TOKENS_PER_MICROBATCH padded tokens
-    (rows x the longest row), one when it all fits. With completions of uneven length this skips most of the
-    padding a single right-padded batch computes; the gradient is the same either way (the loss weights belong
-    to the minibatch; tested)."""
+    Micro-batches: microbatch_size rows each, in order; with microbatch_tokens > 0 (and microbatch_size 0), the
+    minibatch's rows sorted longest first and packed into micro-batches of at most microbatch_tokens padded tokens
+    (length_packed); otherwise the whole minibatch. Each micro-batch is cut to its longest row. The gradient is the
+    same either way (the loss weights belong to the minibatch; tested)."""
     count = len(lengths)
     minibatch = config.minibatch_size or count
     plan = []
@@ -157,21 +153,23 @@ def update_plan(lengths: torch.Tensor, config: TrainConfig, generator: torch.Gen
             if config.microbatch_size:
                 micro = [torch.arange(m, min(m + config.microbatch_size, len(rows)))
                          for m in range(0, len(rows), config.microbatch_size)]
+            elif config.microbatch_tokens:
+                micro = length_packed(lengths[rows], config.microbatch_tokens)
             else:
-                micro = length_packed(lengths[rows])
+                micro = [torch.arange(len(rows))]
             plan.append((rows.to(device), [positions.to(device) for positions in micro]))
     return plan
 
 
-def length_packed(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Positions 0..M-1 grouped into micro-batches of at most PADDED_TOKENS_PER_MICROBATCH padded tokens, longest
-    rows first; all of them in their own order when they fit in one."""
+def length_packed(lengths: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """Positions 0..M-1 grouped into micro-batches of at most `budget` padded tokens (rows x the longest row),
+    longest rows first; all of them in their own order when they fit in one."""
     longest = max(1, int(lengths.max()))
-    if len(lengths) * longest <= PADDED_TOKENS_PER_MICROBATCH:
+    if len(lengths) * longest <= budget:
         return [torch.arange(len(lengths))]
     groups, current, width = [], [], 1
     for position in torch.argsort(lengths, descending=True, stable=True).tolist():
-        if current and (len(current) + 1) * width > PADDED_TOKENS_PER_MICROBATCH:
+        if current and (len(current) + 1) * width > budget:
             groups.append(current)
             current = []
         if not current:  # longest first: a micro-batch's first row sets its width
@@ -181,53 +179,68 @@ def length_packed(lengths: torch.Tensor) -> list[torch.Tensor]:
     return [torch.tensor(group) for group in groups]
 
 
-def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list) -> dict:
-    """One optimiser step per minibatch of `plan` (see update_plan).
+def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list, config: TrainConfig, micro_loss,
+                    mask=lambda rows: rows.token_mask) -> dict:
+    """One optimiser step per minibatch of `plan` (see update_plan), for the policy and for the critic alike.
 
-    Loss per minibatch: sum over tokens of (clipped surrogate + beta * KL) x aggregation weights. The weights are
-    computed once per minibatch and sliced for micro-batches, so gradient accumulation is exact.
-    """
+    The aggregation weights are computed once per minibatch over `mask(minibatch)` and sliced for its micro-batches
+    (each cut to its longest row), so gradient accumulation is exact. micro_loss(micro, weights (m, t)) returns the
+    micro-batch's loss (a scalar to backpropagate) and a dict of token sums. A step whose gradient norm or loss is
+    not finite is skipped and never reaches the weights. Returns the mean over applied steps of "loss",
+    "grad_norm" and each token sum divided by the minibatch's token count, and "skipped_updates"."""
     aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
-    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
-    totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+    totals: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
     optimiser_steps, skipped = 0, 0
-    for rows_of_minibatch, micro_slices in plan:
+    for rows_of_minibatch, micro_positions in plan:
         batch = rollout.rows(rows_of_minibatch)
-        weights = aggregation(batch.token_mask, config.max_new_tokens)  # (M, T)
+        weights = aggregation(mask(batch), config.max_new_tokens)  # (M, T)
         optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-        tokens = batch.token_mask.sum().clamp(min=1)
-        for rows in micro_slices:
+        sums: dict[str, float] = {"loss": 0.0}
+        for rows in micro_positions:
             micro = batch.rows(rows).trimmed()
-            mask = micro.token_mask  # (m, t), t <= T
-            micro_weights = weights[rows][:, :mask.shape[1]]
-            logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (m, T)
-            old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
-            policy = algorithms.clipped_surrogate_loss(logprobs, old, micro.advantages, config.clip_low,
-                                                       config.clip_high)
-            per_token = policy.per_token_loss  # (m, T)
-            if micro.ref_logprobs is not None:
-                kl = kl_estimator(logprobs, micro.ref_logprobs)  # (m, T)
-                per_token = per_token + config.kl_coef * kl
-                sums["kl"] += (kl.detach() * mask).sum().item()
-            loss = (per_token * micro_weights).sum()
+            loss, token_sums = micro_loss(micro, weights[rows][:, :micro.completion_ids.shape[1]])
             loss.backward()
             sums["loss"] += loss.item()
-            sums["entropy"] += (entropy * mask).sum().item()
-            sums["clip_fraction"] += (policy.is_clipped.float() * mask).sum().item()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+            for key, value in token_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+        for key in sums:  # every metric is reported, 0 when no step was applied
+            totals.setdefault(key, 0.0)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
         if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
             optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
             skipped += 1
             continue
         optimizer.step()
         optimiser_steps += 1
-        totals["loss"] += sums["loss"]
+        tokens = mask(batch).sum().clamp(min=1).item()
+        totals["loss"] += sums.pop("loss")
         totals["grad_norm"] += norm.item()
-        for key in ("kl", "entropy", "clip_fraction"):
-            totals[key] += sums[key] / tokens.item()
+        for key, value in sums.items():
+            totals[key] += value / tokens
     done = max(1, optimiser_steps)
     return {key: value / done for key, value in totals.items()} | {"skipped_updates": skipped}
+
+
+def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list) -> dict:
+    """The policy's steps (minibatch_steps): per token, the clipped surrogate plus beta * KL when the rollout
+    carries reference log-probabilities; also measures entropy, clip fraction and KL per token."""
+    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
+
+    def micro_loss(micro: Rollout, weights: torch.Tensor):
+        mask = micro.token_mask  # (m, t)
+        logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (m, t)
+        old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
+        policy = algorithms.clipped_surrogate_loss(logprobs, old, micro.advantages, config.clip_low, config.clip_high)
+        per_token = policy.per_token_loss  # (m, t)
+        token_sums = {"kl": 0.0, "entropy": (entropy * mask).sum().item(),
+                      "clip_fraction": (policy.is_clipped.float() * mask).sum().item()}
+        if micro.ref_logprobs is not None:
+            kl = kl_estimator(logprobs, micro.ref_logprobs)  # (m, t)
+            per_token = per_token + config.kl_coef * kl
+            token_sums["kl"] = (kl.detach() * mask).sum().item()
+        return (per_token * weights).sum(), token_sums
+
+    return minibatch_steps(list(model.parameters()), optimizer, rollout, plan, config, micro_loss)
 
 
 def ppo_advantages(critic: Critic, rollout: Rollout, rewards: torch.Tensor, kl_estimator, config: TrainConfig,
@@ -239,7 +252,7 @@ def ppo_advantages(critic: Critic, rollout: Rollout, rewards: torch.Tensor, kl_e
     mask = rollout.completion_mask
     token_rewards = algorithms.outcome_token_rewards(rewards, mask)  # (N, T)
     metrics = {}
-    if config.kl_coef > 0 and config.kl_penalty == "reward":  # the trainer scored old and ref logprobs for this
+    if config.kl_coef > 0 and config.kl_penalty == "reward":  # the trainer scored old and ref log-probs for this
         kl = kl_estimator(rollout.old_logprobs, rollout.ref_logprobs)  # (N, T)
         metrics["kl"] = float(algorithms.masked_mean(kl, mask))
         token_rewards = token_rewards - config.kl_coef * kl * mask
@@ -314,6 +327,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     device = resolve_device(config.device)
     policy = load_policy(model_path, resume_from, config, device)
     kl_in_loss = config.kl_coef > 0 and config.kl_penalty == "loss"
+    kl_in_reward = config.kl_coef > 0 and config.kl_penalty == "reward"  # PPO only (validated)
     reference = None  # with LoRA the reference is the policy with its adapters switched off: no second copy
     if config.kl_coef > 0 and not config.lora_rank:
         reference = load_model(model_path, config.dtype, device, trainable=False)
@@ -405,7 +419,6 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         chunk = config.microbatch_size or config.minibatch_size or count
         if config.kl_coef > 0:
             rollout.ref_logprobs = reference_logprobs(policy, reference, rollout, chunk)
-        kl_in_reward = critic is not None and config.kl_coef > 0 and config.kl_penalty == "reward"
         if config.updates_per_batch > 1 or (config.minibatch_size or count) < count or kl_in_reward:
             rollout.old_logprobs = score_logprobs(policy, rollout, chunk)  # the generating policy, frozen
 
@@ -427,7 +440,11 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             update = update_policy(policy, optimizer, rollout, config, plan)
             scheduler.step()
         if critic is not None:
-            extra.update(critic.update(rollout, config, plan))
+            critic.model.train()
+            critic_update = minibatch_steps(list(critic.model.parameters()), critic.optimizer, rollout, plan, config,
+                                            critic.micro_loss(config.value_clip), mask=lambda rows: rows.completion_mask)
+            extra.update({"critic/value_loss": critic_update["loss"], "critic/grad_norm": critic_update["grad_norm"],
+                          "critic/value_clip_fraction": critic_update["value_clip_fraction"]})
 
         # ---- 6. log -----------------------------------------------------------------------------------
         seconds = time.time() - step_started
