@@ -1,17 +1,22 @@
 """One training step's samples: prompts drawn, completions generated and scored, with DAPO's dynamic sampling
 and overlong reward shaping.
 
-    batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, generator)
+    batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, step)
     batch.reward_matrix(config.group_size)      # (B, G) total rewards, overlong penalty included
 
 Shapes: B prompts, G samples per prompt, N = B*G completions in group order (rows g*G .. g*G+G-1 answer
 prompt g).
+
+Sampling is seeded per prompt (prompt_seed): the k-th prompt drawn at a step is sampled with a seed made of the
+run's seed, the step and k alone, so the completions are the same whether one process generates them all or
+rollout workers share them out (r1zero.distributed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from r1zero.algorithms import informative_groups, overlong_penalty
@@ -19,6 +24,13 @@ from r1zero.example import Example
 from r1zero.rewards import RewardBatch
 
 OVERLONG = "overlong"  # the reward component DAPO's length penalty is logged as
+
+
+def prompt_seed(run_seed: int, step: int, index: int) -> int:
+    """The sampling seed of the index-th prompt drawn at `step` (counting across dynamic sampling's rounds): a
+    63-bit integer mixed from the three numbers by numpy's SeedSequence, so neighbouring prompts and steps get
+    unrelated streams."""
+    return int(np.random.SeedSequence([run_seed, step, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass
@@ -69,11 +81,12 @@ def concatenate(batches: list[StepBatch]) -> StepBatch:
                      rewards)
 
 
-def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, generator) -> StepBatch:
-    """Generate G completions for each example and score them; with overlong_buffer > 0 the DAPO length penalty
+def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, seeds: list[int]) \
+        -> StepBatch:
+    """Generate G completions for each example (prompt b sampled with seeds[b]) and score them; with overlong_buffer > 0 the DAPO length penalty
     (times overlong_penalty_factor) is added to each total and logged as the component "overlong"."""
     prompts = encode(examples)
-    generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, generator)
+    generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, seeds=seeds)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
     rewards = scorer(texts, [e for e in examples for _ in range(config.group_size)])
     if config.overlong_buffer:
@@ -86,8 +99,8 @@ def generate_and_score(examples: list[Example], encode, engine, scorer, tokenize
     return StepBatch(list(examples), prompts, list(generation.completions), list(generation.stopped), texts, rewards)
 
 
-def collect_batch(problems, encode, engine, scorer, tokenizer, config, generator) -> StepBatch:
-    """B = prompts_per_step groups. Without dynamic sampling: one round of B prompts.
+def collect_batch(problems, encode, engine, scorer, tokenizer, config, step: int) -> StepBatch:
+    """B = prompts_per_step groups for training step `step`. Without dynamic sampling: one round of B prompts.
 
     With dynamic_sampling (DAPO, Yu et al. 2025, section 3.2): groups whose rewards are all equal carry no
     gradient, so they are dropped and more prompts are drawn, B at a time, until B informative groups are
@@ -96,7 +109,12 @@ def collect_batch(problems, encode, engine, scorer, tokenizer, config, generator
     counts: rounds, groups kept, groups dropped, groups used as filling.
     """
     size = config.prompts_per_step
-    first = generate_and_score(problems.next_batch(size), encode, engine, scorer, tokenizer, config, generator)
+
+    def next_round(rounds_done: int) -> StepBatch:
+        seeds = [prompt_seed(config.seed, step, rounds_done * size + b) for b in range(size)]
+        return generate_and_score(problems.next_batch(size), encode, engine, scorer, tokenizer, config, seeds)
+
+    first = next_round(0)
     if not config.dynamic_sampling:
         return first
     kept: list[StepBatch] = []
@@ -111,7 +129,7 @@ def collect_batch(problems, encode, engine, scorer, tokenizer, config, generator
         have += len(useful)
         if have == size or rounds == config.max_sampling_rounds:
             break
-        batch = generate_and_score(problems.next_batch(size), encode, engine, scorer, tokenizer, config, generator)
+        batch = next_round(rounds)
     filling = concatenate(dropped)
     filled = min(size - have, len(filling.prompts))
     result = concatenate(kept + [filling.select_groups(list(range(filled)), config.group_size)])

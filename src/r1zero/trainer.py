@@ -405,7 +405,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         step_started = time.time()
         # ---- 1-3. sample prompts, generate G completions each, score them (DAPO: keep informative groups) --
         policy.eval()
-        batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, sampling)
+        batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, step)
         policy.train()
         generation_seconds = time.time() - step_started
         rewards, texts = batch.rewards, batch.texts

@@ -27,6 +27,9 @@ class RolloutEngine(Protocol):
         max_new_tokens: int,
         temperature: float,
         generator: torch.Generator | None = None,
+        seeds: list[int] | None = None,
     ) -> Generation:
-        """Sample `samples_per_prompt` completions per prompt; temperature 0 is greedy."""
+        """Sample `samples_per_prompt` completions per prompt; temperature 0 is greedy. With `seeds` (one per
+        prompt, see r1zero.batch.prompt_seed) a prompt's samples depend on its seed only, not on the batch, the
+        process or the number of rollout workers; otherwise all rows draw from `generator`."""
         ...

@@ -11,6 +11,13 @@ from r1zero.models import cache_keyword
 from r1zero.rollout import Generation
 
 
+def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: int) -> torch.Tensor:
+    """(B*G, T) uniform draws in [0, 1): prompt b's G rows from a generator seeded with seeds[b] alone, so a
+    prompt's samples are the same whichever batch, process or machine generates it."""
+    return torch.cat([torch.rand(samples_per_prompt, max_new_tokens, generator=torch.Generator().manual_seed(seed))
+                      for seed in seeds])
+
+
 class TransformersEngine:
     """Samples with the policy's own forward pass and a DynamicCache; stops rows at `stop_string` or EOS."""
 
@@ -29,11 +36,18 @@ class TransformersEngine:
         self.tail_tokens = len(stop_ids) + 2
         self.cache_argument = cache_keyword(model)
 
-    def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                uniforms: torch.Tensor | None) -> torch.Tensor:
+        """(n,) next tokens. With `uniforms` (n,), each row's own draw picks its token by inverse CDF, so a row's
+        token never depends on which other rows share the batch; otherwise one multinomial draw from `generator`."""
         if temperature == 0:
-            return logits.argmax(-1)  # (N,)
-        probabilities = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
-        return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)  # (N,)
+            return logits.argmax(-1)  # (n,)
+        probabilities = torch.softmax(logits.float() / temperature, dim=-1)  # (n, V)
+        if uniforms is None:
+            return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)  # (n,)
+        cdf = probabilities.cumsum(dim=-1)  # (n, V)
+        token = torch.searchsorted(cdf, uniforms[:, None].to(cdf) * cdf[:, -1:], right=True).squeeze(-1)  # (n,)
+        return token.clamp(max=logits.shape[-1] - 1)
 
     def _ends_with_stop(self, row_tokens: list[int]) -> bool:
         return self.stop_string in self.tokenizer.decode(row_tokens[-self.tail_tokens:])
@@ -46,6 +60,7 @@ class TransformersEngine:
         max_new_tokens: int,
         temperature: float,
         generator: torch.Generator | None = None,
+        seeds: list[int] | None = None,
     ) -> Generation:
         """Prefill each prompt once and share its KV cache among its G samples; drop rows as they finish."""
         from transformers import DynamicCache
@@ -69,11 +84,13 @@ class TransformersEngine:
         next_position = position_ids[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1  # (N, 1)
 
         rows = len(prompts) * samples_per_prompt
+        uniforms = None if seeds is None else sample_uniforms(seeds, samples_per_prompt, max_new_tokens)  # (N, T)
         generated: list[list[int]] = [[] for _ in range(rows)]
         stopped = [False] * rows
         active = list(range(rows))  # original row of each row still in the batch
-        for _ in range(max_new_tokens):
-            token = self._sample(logits, temperature, generator)  # (n,) n = rows still active
+        for t in range(max_new_tokens):
+            draws = None if uniforms is None else uniforms[active, t]  # (n,)
+            token = self._sample(logits, temperature, generator, draws)  # (n,) n = rows still active
             keep = []
             for position, (row, value) in enumerate(zip(active, token.tolist())):
                 generated[row].append(value)
