@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from r1zero.rewards.custom import FileRewardFunction
+
 
 def save_tiny_model(folder, architecture: str = "llama", hidden_size: int = 32, seed: int = 0):
     """A 2-layer random Llama or Qwen2 with r1zero's word-level tokenizer, saved with save_pretrained."""
@@ -70,3 +72,32 @@ def length_reward(monkeypatch):
     from r1zero.rewards import REWARD_FUNCTIONS
 
     monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
+
+
+# Rewards that hang, crash, allocate the machine or report their process: the pools must survive them.
+HOSTILE_REWARDS = '''
+import os, time
+
+def hang(completion, example):
+    time.sleep(60)
+
+def crash(completion, example):
+    os._exit(3)
+
+def allocate(completion, example):
+    return len(bytearray(64 * 2**30))  # 64 GB: beyond the worker's address-space limit
+
+def pid(completion, example):
+    time.sleep(float(completion))
+    return 1.0, str(os.getpid())
+
+for function in (hang, crash, allocate, pid):
+    function.needs_isolation = True
+'''
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    path = tmp_path / "hostile_rewards.py"
+    path.write_text(HOSTILE_REWARDS)
+    return {name: FileRewardFunction(str(path), name) for name in ("hang", "crash", "allocate", "pid")}

@@ -7,38 +7,10 @@ import pytest
 
 from r1zero.example import Example
 from r1zero.rewards import RewardScorer, math_reward
-from r1zero.rewards.custom import FileRewardFunction
 from r1zero.rewards.pool import ScoringPool
 
 HALF = Example(id="math-1", prompt="?", answer="\\frac{1}{2}")
 LIMIT = 2.0  # seconds per sample in these tests
-
-HOSTILE_REWARDS = '''
-import os, time
-
-def hang(completion, example):
-    time.sleep(60)
-
-def crash(completion, example):
-    os._exit(3)
-
-def allocate(completion, example):
-    return len(bytearray(64 * 2**30))  # 64 GB: beyond the worker's address-space limit
-
-def pid(completion, example):
-    time.sleep(float(completion))
-    return 1.0, str(os.getpid())
-
-for function in (hang, crash, allocate, pid):
-    function.needs_isolation = True
-'''
-
-
-@pytest.fixture
-def hostile(tmp_path):
-    path = tmp_path / "hostile_rewards.py"
-    path.write_text(HOSTILE_REWARDS)
-    return {name: FileRewardFunction(str(path), name) for name in ("hang", "crash", "allocate", "pid")}
 
 
 def test_results_come_back_in_order_from_other_processes(hostile):

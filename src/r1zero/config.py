@@ -29,10 +29,10 @@ from r1zero.health import REFLECTION_WORDS
 # Settings `r1zero train --resume DIR` may change. Every other setting comes from DIR/config.yaml unchanged:
 # changing the model, data, algorithm, seed, device or dtype would make the resumed run a different run. With
 # none of these given, a resumed CPU run repeats the uninterrupted one exactly. max_steps may extend a finished
-# run; time_budget_seconds counts again from the resume; threads may change the last bits of CPU floating-point
-# sums; the others change no number.
+# run; time_budget_seconds counts again from the resume; threads, rollout_workers and train_processes may change
+# the last bits of CPU floating-point sums; the others change no number.
 RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                   "tensorboard", "threads")
+                   "tensorboard", "threads", "rollout_workers", "train_processes", "ray_address", "ray_worker_cpus")
 
 
 class ConfigError(ValueError):
@@ -220,6 +220,23 @@ class TrainConfig:
     """Words whose share in the <think> part is logged as response/reflection_rate: the "aha" signal the DeepSeek-R1
     paper watched. On the CLI: --reflection-words wait,check,verify."""
 
+    # ---- beyond one process: Ray (r1zero.distributed) -------------------------------------------
+    rollout_workers: int = 0
+    """Ray actors that generate the completions, each with a copy of the policy and a share of the step's prompts;
+    the new weights reach them once per step through Ray's object store. 0: generate in the training process (no
+    Ray). Sampling is seeded per prompt, so the completions are the same for any number of workers."""
+    train_processes: int = 1
+    """Ranks of the data-parallel update (torch.distributed: gloo on CPU, nccl on GPU), each a Ray actor working
+    on its share of every micro-batch; gradients are summed across ranks, so the step equals the one-process step.
+    1: update in the training process. Not yet with a critic (PPO) or LoRA."""
+    ray_address: str = ""
+    """Ray cluster to join: "auto" (the cluster `ray start` made on this machine) or HOST:PORT. Empty: with
+    rollout_workers or train_processes > 1, start a private Ray instance on this machine. With Ray on, the
+    isolated rewards are scored by reward_workers Ray actors (each keeping the per-sample kill and limits)."""
+    ray_worker_cpus: float = 1.0
+    """CPUs Ray reserves for each rollout worker and each learner rank (their torch threads: this, rounded, at
+    least 1; `threads` when set). On a GPU cluster each also takes one GPU."""
+
     # ---- checkpoints and failures ---------------------------------------------------------------
     checkpoint_every: int = 40
     """Save a checkpoint to <output_dir>/checkpoints/step_NNNNNN every N steps, besides the last step and
@@ -339,6 +356,23 @@ class TrainConfig:
             if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
                 problems.append(f"{path_setting}: file not found: {path}")
         positive("reward_timeout_seconds", "code_test_timeout_seconds")
+        if self.rollout_workers < 0:
+            problems.append(f"rollout_workers: must be >= 0 (0: generate in the training process), got "
+                            f"{self.rollout_workers}")
+        if self.train_processes < 1:
+            problems.append(f"train_processes: must be >= 1 (1: update in the training process), got "
+                            f"{self.train_processes}")
+        elif self.train_processes > 1 and self.advantage == "gae":
+            problems.append(f"train_processes: {self.train_processes} ranks work with the critic-free algorithms "
+                            f"only for now; with advantage 'gae' (PPO, a critic) use 1")
+        if (self.rollout_workers or self.train_processes > 1) and self.lora_rank:
+            problems.append("rollout_workers/train_processes: Ray workers and ranks take full weights only for now; "
+                            "with lora_rank > 0 use rollout_workers 0 and train_processes 1")
+        host, _, port = self.ray_address.rpartition(":")
+        if self.ray_address not in ("", "auto") and not (host and port.isdigit()):
+            problems.append(f"ray_address: {self.ray_address!r} is neither 'auto' nor HOST:PORT (e.g. 10.0.0.1:6379)")
+        if self.ray_worker_cpus <= 0:
+            problems.append(f"ray_worker_cpus: must be > 0, got {self.ray_worker_cpus}")
         if self.reward_workers < 0:
             problems.append(f"reward_workers: must be >= 0 (0: min(4, CPU cores)), got {self.reward_workers}")
         if self.code_test_timeout_seconds > self.reward_timeout_seconds - 1:

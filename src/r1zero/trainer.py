@@ -28,6 +28,7 @@ import dataclasses
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ from r1zero.evaluation import evaluate
 from r1zero.example import Example
 from r1zero.models import completion_logprobs, load_model, resolve_device
 from r1zero.preflight import prepare_run
-from r1zero.rewards import RewardScorer
+from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING, build_prompt
 from r1zero.health import HealthMonitor, reflection_rate
@@ -93,6 +94,12 @@ class Rollout:
     def token_mask(self) -> torch.Tensor:
         """(N, T) the tokens that count in the loss."""
         return self.completion_mask if self.loss_mask is None else self.loss_mask
+
+    def to(self, device) -> "Rollout":
+        """The same rollout with every tensor on `device`."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{name: None if value is None else value.to(device)
+                                            for name, value in moved.items()})
 
     def logprobs(self, model, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, T) log-probabilities of these completions under `model` (and entropies)."""
@@ -180,13 +187,17 @@ def length_packed(lengths: torch.Tensor, budget: int) -> list[torch.Tensor]:
 
 
 def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list, config: TrainConfig, micro_loss,
-                    mask=lambda rows: rows.token_mask) -> dict:
+                    sum_names: tuple[str, ...], mask=lambda rows: rows.token_mask, parallel=None) -> dict:
     """One optimiser step per minibatch of `plan` (see update_plan), for the policy and for the critic alike.
 
     The aggregation weights are computed once per minibatch over `mask(minibatch)` and sliced for its micro-batches
     (each cut to its longest row), so gradient accumulation is exact. micro_loss(micro, weights (m, t)) returns the
-    micro-batch's loss (a scalar to backpropagate) and a dict of token sums. A step whose gradient norm or loss is
-    not finite is skipped and never reaches the weights. Returns the mean over applied steps of "loss",
+    micro-batch's loss (a scalar to backpropagate) and a dict of token sums named sum_names. A step whose gradient
+    norm or loss is not finite is skipped and never reaches the weights.
+
+    parallel (r1zero.distributed.DataParallel): this process is rank r of K; it works on the r-th of K slices of
+    every micro-batch, then gradients, loss and token sums are summed over the ranks before clipping, so every rank
+    takes the same step as one process would on the whole minibatch. Returns the mean over applied steps of "loss",
     "grad_norm" and each token sum divided by the minibatch's token count, and "skipped_updates"."""
     aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
     totals: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
@@ -195,14 +206,20 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list, c
         batch = rollout.rows(rows_of_minibatch)
         weights = aggregation(mask(batch), config.max_new_tokens)  # (M, T)
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {"loss": 0.0}
+        sums = dict.fromkeys(("loss", *sum_names), 0.0)
         for rows in micro_positions:
+            if parallel is not None:
+                rows = rows.tensor_split(parallel.world)[parallel.rank]  # this rank's share
+                if not len(rows):
+                    continue
             micro = batch.rows(rows).trimmed()
             loss, token_sums = micro_loss(micro, weights[rows][:, :micro.completion_ids.shape[1]])
             loss.backward()
             sums["loss"] += loss.item()
             for key, value in token_sums.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] += value
+        if parallel is not None:
+            sums = parallel.sum_over_ranks(parameters, sums)
         for key in sums:  # every metric is reported, 0 when no step was applied
             totals.setdefault(key, 0.0)
         norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
@@ -221,9 +238,10 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list, c
     return {key: value / done for key, value in totals.items()} | {"skipped_updates": skipped}
 
 
-def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list) -> dict:
+def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list, parallel=None) -> dict:
     """The policy's steps (minibatch_steps): per token, the clipped surrogate plus beta * KL when the rollout
-    carries reference log-probabilities; also measures entropy, clip fraction and KL per token."""
+    carries reference log-probabilities; also measures entropy, clip fraction and KL per token. parallel: see
+    minibatch_steps."""
     kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
 
     def micro_loss(micro: Rollout, weights: torch.Tensor):
@@ -240,7 +258,8 @@ def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan:
             token_sums["kl"] = (kl.detach() * mask).sum().item()
         return (per_token * weights).sum(), token_sums
 
-    return minibatch_steps(list(model.parameters()), optimizer, rollout, plan, config, micro_loss)
+    return minibatch_steps(list(model.parameters()), optimizer, rollout, plan, config, micro_loss,
+                           ("kl", "entropy", "clip_fraction"), parallel=parallel)
 
 
 def ppo_advantages(critic: Critic, rollout: Rollout, rewards: torch.Tensor, kl_estimator, config: TrainConfig,
@@ -304,9 +323,9 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     step is finished, a checkpoint saved and TrainingInterrupted raised.
     """
     # ---- setup: every check runs before any weights load or any file is written --------------------
-    problems, model_path, tokenizer, warnings = prepare_run(config)  # settings, data, tokenizer, prompt lengths
-    for warning in warnings:
-        console(f"r1zero: warning: {warning}")
+    problems, model_path, tokenizer, notices = prepare_run(config)  # settings, data, tokenizer, prompt lengths
+    for notice in notices:
+        console(f"r1zero: warning: {notice}")
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     resume_from = latest_checkpoint(output_dir) if resume else None
     state = load_checkpoint(resume_from) if resume_from else None  # checks its files
@@ -321,6 +340,10 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
                           f"weights with --model {output_dir / 'final'}")
     if not resume:
         refuse_existing_run(output_dir)  # a new run never appends to another run's metrics
+    on_ray = bool(config.rollout_workers) or config.train_processes > 1
+    if on_ray:  # join or start Ray before loading anything (Ray is imported only when asked for)
+        from r1zero import distributed
+        distributed.start_ray(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -335,11 +358,12 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     if config.advantage == "gae":
         critic = Critic(ValueModel.from_base(model_path, config.dtype, device), config.critic_learning_rate,
                         config.weight_decay)
-    engine = TransformersEngine(policy, tokenizer, STOP_STRING)
+    engine = TransformersEngine(policy, tokenizer, STOP_STRING)  # evaluation, and rollouts without workers
     scorer = RewardScorer(config.reward_weights, problems.accuracy_reward,
                           time_limit_seconds=config.reward_timeout_seconds, workers=config.reward_workers,
                           code_partial_credit=config.code_partial_credit,
-                          code_test_timeout_seconds=config.code_test_timeout_seconds)
+                          code_test_timeout_seconds=config.code_test_timeout_seconds,
+                          pool_factory=distributed.RayScoringPool if on_ray else ScoringPool)
     advantage_fn = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                           "advantage estimator")
     kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
@@ -356,6 +380,12 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         if critic is not None:
             critic.load_state_dict(state.critic)
         first_step = state.step + 1
+    workers = learners = None  # Ray rollout workers and learner ranks (r1zero.distributed)
+    if config.rollout_workers:
+        workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
+        workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
+    if config.train_processes > 1:
+        learners = distributed.Learners(config.train_processes, policy, optimizer, config, device)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "config.yaml", to_yaml(config))
     if resume:  # lines written after the checkpoint (or all, without one) are written again
@@ -369,7 +399,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     def checkpoint(step: int) -> Path:
         lines, size = logger.position()
         generators = {"sampling": sampling.get_state(), "shuffling": shuffling.get_state()}
-        snapshot = TrainingState(step, optimizer.state_dict(), scheduler.state_dict(), problems.state_dict(),
+        optimizer_state = learners.optimizer_state() if learners else optimizer.state_dict()
+        snapshot = TrainingState(step, optimizer_state, scheduler.state_dict(), problems.state_dict(),
                                  monitor.state_dict(), generators, capture_global_rng(), lines, size,
                                  critic=critic.state_dict() if critic else None)
         return save_checkpoint(output_dir, snapshot, policy, tokenizer, config.keep_checkpoints)
@@ -397,6 +428,16 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         policy.train()
 
     progress = Progress(config.max_steps, start=first_step - 1)
+
+    def release() -> None:
+        """Close the progress bar and the metrics files; stop the scoring pool (its processes also exit with this
+        one) and the Ray workers and ranks."""
+        progress.close()
+        scorer.close()
+        logger.close()
+        for actors in (workers, learners):
+            if actors is not None:
+                actors.close()
     if state is None:
         run_evaluation(0)
     started_training = time.time()
@@ -405,7 +446,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         step_started = time.time()
         # ---- 1-3. sample prompts, generate G completions each, score them (DAPO: keep informative groups) --
         policy.eval()
-        batch = collect_batch(problems, encode, engine, scorer, tokenizer, config, step)
+        batch = collect_batch(problems, encode, workers or engine, scorer, tokenizer, config, step)
         policy.train()
         generation_seconds = time.time() - step_started
         rewards, texts = batch.rewards, batch.texts
@@ -436,15 +477,26 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         if critic is not None and step <= config.critic_warmup_steps:
             update = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
                       "skipped_updates": 0}  # critic warm-up: the policy (and its lr schedule) waits for useful values
+        elif learners:  # K ranks; the new weights are loaded into this process's policy too
+            update, new_weights = learners.update(rollout, plan, optimizer.param_groups[0]["lr"], policy)
+            with warnings.catch_warnings():  # this optimizer only carries the schedule; the ranks' ones step
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                scheduler.step()
         else:
             update = update_policy(policy, optimizer, rollout, config, plan)
             scheduler.step()
         if critic is not None:
             critic.model.train()
             critic_update = minibatch_steps(list(critic.model.parameters()), critic.optimizer, rollout, plan, config,
-                                            critic.micro_loss(config.value_clip), mask=lambda rows: rows.completion_mask)
+                                            critic.micro_loss(config.value_clip), ("value_clip_fraction",),
+                                            mask=lambda rows: rows.completion_mask)
             extra.update({"critic/value_loss": critic_update["loss"], "critic/grad_norm": critic_update["grad_norm"],
                           "critic/value_clip_fraction": critic_update["value_clip_fraction"]})
+
+        if workers:  # the next rollouts must come from these weights
+            workers.publish(step, policy, new_weights if learners else None)
+            extra.update({"ray/rollout_worker_restarts": workers.take_restarts(),
+                          "time/weight_sync_seconds": workers.publish_seconds})
 
         # ---- 6. log -----------------------------------------------------------------------------------
         seconds = time.time() - step_started
@@ -500,9 +552,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         due = (config.checkpoint_every and step % config.checkpoint_every == 0) or last
         saved = checkpoint(step) if (due or interrupted) and nonfinite_steps == 0 else None  # never a bad step
         if nonfinite_steps >= config.max_nonfinite_steps or interrupted:
-            progress.close()
-            scorer.close()
-            logger.close()
+            release()
             newest = f"the newest checkpoint is {latest_checkpoint(output_dir) or 'none (no checkpoint yet)'}"
             if nonfinite_steps >= config.max_nonfinite_steps:
                 raise TrainingStopped(nonfinite_diagnosis(step, nonfinite_steps, config) + f"; {newest}")
@@ -515,10 +565,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             break
 
     # ---- save ---------------------------------------------------------------------------------------------
-    progress.close()
     save_model(policy, tokenizer, output_dir / "final")
-    scorer.close()  # the scoring pool's workers (they also exit on their own when this process ends)
-    logger.close()
+    release()
     console(f"saved {output_dir / 'final'}")
     return output_dir
 

@@ -92,14 +92,15 @@ class RewardScorer:
     time_limit_seconds is the hard wall-clock limit per sample of isolated rewards (math, code, custom rewards
     with needs_isolation), enforced by killing the pool worker; workers is the pool's size (0: min(4, cores)); the
     pool starts on the first isolated call. code_partial_credit and code_test_timeout_seconds configure the code
-    reward (its whole call is budgeted to time_limit_seconds minus CODE_BUDGET_MARGIN_SECONDS). A sample on which a
-    reward raises scores 0 and is counted in health; with stop_when_all_fail, a component that raises on every
+    reward (its whole call is budgeted to time_limit_seconds minus CODE_BUDGET_MARGIN_SECONDS). pool_factory(workers,
+    time_limit_seconds, preload=...) makes the pool: ScoringPool, or r1zero.distributed.RayScoringPool (Ray actors,
+    each with a ScoringPool inside) when Ray is on. A sample on which a reward raises scores 0 and is counted in health; with stop_when_all_fail, a component that raises on every
     sample of a call raises RewardError naming it.
     """
 
     def __init__(self, weights: dict[str, float], accuracy_function: str, *, time_limit_seconds: float = 10.0,
                  workers: int = 0, code_partial_credit: bool = True, code_test_timeout_seconds: float = 2.0,
-                 stop_when_all_fail: bool = True):
+                 stop_when_all_fail: bool = True, pool_factory=ScoringPool):
         if not weights:
             raise ValueError('reward weights are empty; give at least one, e.g. {"accuracy": 1.0, "format": 0.5}')
         valid_names = [ACCURACY, *REWARD_FUNCTIONS, "file.py:function", "module:function"]
@@ -128,7 +129,8 @@ class RewardScorer:
                     raise ValueError(f"reward {name!r} asks for isolation but cannot be sent to a worker process "
                                      f"({error}); define it at module level") from None
             self.functions[name] = function
-        self._pool: ScoringPool | None = None
+        self.pool_factory = pool_factory
+        self._pool = None
 
     def __call__(self, completions: list[str], examples: list[Example]) -> RewardBatch:
         if len(completions) != len(examples):
@@ -165,10 +167,11 @@ class RewardScorer:
         reasons = {name: [score.reason for score in values] for name, values in scores.items()}
         return RewardBatch(total=total, components=components, reasons=reasons, health=health)
 
-    def _get_pool(self) -> ScoringPool:
+    def _get_pool(self):
         if self._pool is None:
             modules = {_module_of(function) for function in self.functions.values() if needs_isolation(function)}
-            self._pool = ScoringPool(self.workers, self.time_limit_seconds, preload=sorted(m for m in modules if m))
+            self._pool = self.pool_factory(self.workers, self.time_limit_seconds,
+                                           preload=sorted(m for m in modules if m))
         return self._pool
 
     def close(self) -> None:

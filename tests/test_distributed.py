@@ -1,0 +1,218 @@
+"""r1zero.distributed on a local Ray cluster (ray.init(num_cpus=2)): data-parallel ranks give the one-process
+gradient, runs give the same metrics whatever the number of rollout workers and ranks, a killed rollout worker is
+replaced, a stale rollout is refused, and Ray scoring keeps the pool's limits."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import read_metrics, tiny_run_config, without_timings
+from r1zero.config import TrainConfig
+from r1zero.example import Example
+from r1zero.models import load_tokenizer
+from r1zero.rewards import RewardScorer, ScoringPool
+from r1zero.trainer import pack_rollout, train, update_plan, update_policy
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+
+SHARED = dict(ray_worker_cpus=0.5)  # two rollout workers and two ranks fit in the 2 CPUs of the local cluster
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+# ---- data-parallel ranks ---------------------------------------------------------------------------------
+
+def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
+    """{aggregation: (weights after one SGD step of lr 1, i.e. the weights minus the gradient; the loss)}."""
+    from r1zero.distributed import DataParallel  # noqa: F401 (the type of parallel)
+
+    results = {}
+    for aggregation in aggregations:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+        config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, kl_coef=0.1, max_new_tokens=6,
+                             loss_aggregation=aggregation, max_grad_norm=0.0)
+        metrics = update_policy(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, config, plan, parallel)
+        results[aggregation] = (torch.cat([p.detach().flatten() for p in model.parameters()]), metrics["loss"])
+    return results
+
+
+@ray.remote(num_cpus=0.5)
+def rank_updates(rank, world, host, port, model_dir, rollout, plan, aggregations):
+    import torch.distributed as dist
+
+    from r1zero.distributed import DataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=world)
+    try:
+        return aggregation_updates(model_dir, rollout, plan, aggregations, DataParallel(rank, world))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama_dir):
+    # Six rows of 3, 5, 1, 4, 2 and 6 tokens in micro-batches of 3 rows: rank 0 gets 2 rows of each, rank 1 one,
+    # so the ranks hold different token counts and "token" mode is right only if each divides by the minibatch's
+    # global count (sum over ranks of its tokens / 21), not by its own.
+    from r1zero.distributed import free_port
+
+    torch.manual_seed(0)
+    completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4, 2, 6)]
+    rollout = pack_rollout([[3, 4, 5], [6, 7]], completions, 3, 0, torch.tensor([1.0, -0.5, 0.2, -1.0, 0.7, 0.1]),
+                           torch.device("cpu"))
+    rollout.ref_logprobs = -torch.rand(rollout.completion_mask.shape, dtype=torch.float64)  # a KL term too
+    config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, max_new_tokens=6)
+    plan = update_plan(rollout.completion_mask.sum(dim=1).long(), config, torch.Generator(), torch.device("cpu"))
+    aggregations = ("sequence", "token", "constant")
+    single = aggregation_updates(str(llama_dir), rollout, plan, aggregations)
+    port = free_port()
+    ranks = ray.get([rank_updates.remote(rank, 2, "127.0.0.1", port, str(llama_dir), rollout, plan, aggregations)
+                     for rank in range(2)])
+    initial = torch.cat([p.detach().flatten() for p in
+                         AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64).parameters()])
+    for aggregation in aggregations:
+        weights, loss = single[aggregation]
+        assert (weights - initial).abs().max() > 1e-3  # a real step was taken
+        for rank_weights, rank_loss in (ranks[0][aggregation], ranks[1][aggregation]):
+            torch.testing.assert_close(rank_weights, weights, atol=1e-6, rtol=0)  # the same gradient, to 1e-6
+            assert rank_loss == pytest.approx(loss, abs=1e-9)
+    # the modes differ, so agreeing in each is not agreeing by accident
+    assert (single["token"][0] - single["sequence"][0]).abs().max() > 1e-4
+
+
+# ---- whole runs ---------------------------------------------------------------------------------------
+
+def assert_same_metrics(records, reference):
+    """Every metric but timings and Ray's counters equal, floats to float32 noise."""
+    assert len(records) == len(reference)
+    for record, expected in zip(records, reference):
+        assert record.keys() - {k for k in record if k.startswith(("time/", "throughput/", "ray/"))} == \
+            expected.keys() - {k for k in expected if k.startswith(("time/", "throughput/", "ray/"))}
+        for key, value in expected.items():
+            if key.startswith(("time/", "throughput/", "ray/")):
+                continue
+            if isinstance(value, float):
+                assert record[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (record["step"], key)
+            else:
+                assert record[key] == value, (record["step"], key)
+
+
+@pytest.fixture(scope="module")
+def reference_run(llama_dir, tmp_path_factory):
+    """A 3-step run in this process: no workers, one rank."""
+    folder = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        from r1zero.rewards import REWARD_FUNCTIONS
+        monkeypatch.setitem(REWARD_FUNCTIONS, "length", lambda completion, example: len(completion) / 100)
+        train(tiny_run_config(llama_dir, folder, eval_every=2, eval_samples=2))
+    return read_metrics(folder / "run")
+
+
+@pytest.mark.parametrize("workers,ranks", [(1, 1), (2, 2)])
+def test_metrics_do_not_depend_on_rollout_workers_or_ranks(llama_dir, tmp_path, length_reward, reference_run,
+                                                           workers, ranks):
+    train(tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, rollout_workers=workers,
+                          train_processes=ranks, **SHARED))
+    records = read_metrics(tmp_path / "run")
+    assert_same_metrics(records, reference_run)
+    steps = [r for r in records if "reward/mean" in r]
+    assert len(steps) == 3 and all(r["ray/rollout_worker_restarts"] == 0 for r in steps)
+    assert all(r["time/weight_sync_seconds"] > 0 for r in steps)
+    assert steps[-1]["grad_norm"] > 0  # the update really ran (on the ranks when ranks > 1)
+
+
+def test_a_killed_rollout_worker_is_replaced_and_the_run_is_unchanged(llama_dir, tmp_path, length_reward,
+                                                                      reference_run, monkeypatch):
+    from r1zero.distributed import RolloutWorkers
+
+    calls = {"n": 0}
+    generate = RolloutWorkers.generate
+
+    def generate_after_a_kill(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # step 2: the first worker's process dies before its prompts come back
+            pid = self.pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                time.sleep(0.05)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutWorkers, "generate", generate_after_a_kill)
+    train(tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, rollout_workers=2, **SHARED))
+    records = read_metrics(tmp_path / "run")
+    steps = [r for r in records if "reward/mean" in r]
+    assert [r["ray/rollout_worker_restarts"] for r in steps] == [0, 1, 0]  # recorded at the step it happened
+    assert_same_metrics(records, reference_run)  # its prompts were generated again, with the same seeds
+
+
+def test_a_rollout_from_an_older_policy_version_is_an_error(llama_dir):
+    from r1zero.distributed import RolloutWorkers, StaleRolloutError
+
+    policy = AutoModelForCausalLM.from_pretrained(llama_dir)
+    workers = RolloutWorkers(2, policy, load_tokenizer(llama_dir), TrainConfig(**SHARED), torch.device("cpu"))
+    try:
+        workers.publish(4, policy)
+        assert len(workers.generate([[3, 4], [5, 6]], 2, 3, 1.0, seeds=[1, 2]).completions) == 4
+        ray.get(workers.workers[1].load_weights.remote(3, workers.weights))  # worker 1 falls behind
+        with pytest.raises(StaleRolloutError, match="version 3, but version 4"):
+            workers.generate([[3, 4], [5, 6]], 2, 3, 1.0, seeds=[1, 2])
+        with pytest.raises(ValueError, match="per-prompt seeds"):
+            workers.generate([[3, 4]], 2, 3, 1.0)
+    finally:
+        workers.close()
+
+
+# ---- scoring ------------------------------------------------------------------------------------------
+
+def test_ray_scoring_agrees_with_the_pool_and_keeps_its_time_limit(hostile):
+    from r1zero.distributed import RayScoringPool
+
+    half = Example(id="m", prompt="?", answer="\\frac{1}{2}")
+    completions = ["<answer> 0.5 </answer>", "<answer> 1/2 </answer>", "<answer> 2 </answer>", "no answer"]
+    with RewardScorer({"accuracy": 1.0}, "math", workers=2, time_limit_seconds=2.0) as local, \
+            RewardScorer({"accuracy": 1.0}, "math", workers=2, time_limit_seconds=2.0,
+                         pool_factory=RayScoringPool) as distributed:
+        expected = local(completions, [half] * 4)
+        assert distributed(completions, [half] * 4) == expected
+        assert expected.components["accuracy"] == [1.0, 1.0, 0.0, 0.0]
+    pool = RayScoringPool(2, 2.0)
+    try:
+        started = time.monotonic()
+        scores = pool.run([(hostile["hang"], "", half), (hostile["pid"], "0", half)])
+        assert (float(scores[0]), scores[0].failure) == (0.0, "timeout")  # killed at the limit inside its actor
+        assert float(scores[1]) == 1.0 and scores[1].reason != str(os.getpid())
+        assert time.monotonic() - started < 30
+    finally:
+        pool.close()
+
+
+# ---- settings ------------------------------------------------------------------------------------------
+
+def test_ray_settings_are_checked_before_anything_starts():
+    from r1zero.config import ConfigError
+    from r1zero.distributed import reachable_or_raise, start_ray
+
+    for settings, message in (
+            (dict(ray_address="head-node"), "neither 'auto' nor HOST:PORT"),
+            (dict(train_processes=0), "train_processes: must be >= 1"),
+            (dict(train_processes=2, advantage="gae"), "critic-free algorithms only"),
+            (dict(rollout_workers=1, lora_rank=4), "with lora_rank > 0 use rollout_workers 0"),
+            (dict(rollout_workers=-1), "rollout_workers: must be >= 0"),
+            (dict(ray_worker_cpus=0), "ray_worker_cpus: must be > 0")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**settings).validate()
+    with pytest.raises(ConfigError, match="nothing answers at 127.0.0.1:1"):
+        reachable_or_raise("127.0.0.1:1")  # at once, where ray.init would retry for minutes
+    with pytest.raises(ConfigError, match="ask Ray for 3 CPUs .* the cluster has 2"):
+        start_ray(TrainConfig(rollout_workers=3))  # the module's cluster has 2 CPUs; Ray would wait forever
