@@ -52,8 +52,9 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def make_qwen2(folder: Path) -> Path:
-    """A random ~4M-parameter Qwen2 (hidden 256, 4 layers, 4 heads) with the built-in tokenizer."""
+def make_qwen2(folder: Path, hidden: int = 256, layers: int = 4) -> Path:
+    """A random Qwen2 with the built-in tokenizer: by default ~4M parameters (hidden 256, 4 layers, 4 heads),
+    about 16 * hidden^2 per layer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1zero.models import load_tokenizer
@@ -61,7 +62,7 @@ def make_qwen2(folder: Path) -> Path:
 
     tokenizer = load_tokenizer(SHIPPED_MODEL)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id)

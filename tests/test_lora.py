@@ -1,4 +1,4 @@
-"""LoRA training (r1zero.trainer.load_policy): the adapter-free reference, the merged output, exact resume.
+"""LoRA training (r1zero.models.load_policy): the adapter-free reference, the merged output, exact resume.
 
     python -m pytest tests/test_lora.py -q
 """

@@ -1,4 +1,5 @@
-"""Loading the policy, the frozen reference model and the tokenizer; log-probabilities of completions.
+"""Loading the policy (with LoRA), the frozen reference model and the tokenizer; saving the final model;
+log-probabilities of completions.
 
 Shapes: N sequences, P prompt width (left-padded), T completion width (right-padded), V vocabulary.
 """
@@ -7,11 +8,15 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from r1zero.algorithms import entropy_from_logits, token_logprobs
 from r1zero.pretrain import SHIPPED_MODEL
+
+if TYPE_CHECKING:
+    from r1zero.config import TrainConfig  # config imports this module
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -133,3 +138,39 @@ def full_sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P+T)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     return token_logprobs(logits[:, prompt_width - 1:-1], input_ids[:, prompt_width:])  # (N, T)
+
+
+def load_policy(model_path: Path, resume_from: Path | None, config: TrainConfig, device):
+    """The trainable policy: the model at model_path, or the checkpoint resume_from; with lora_rank > 0 the base
+    model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable."""
+    if not config.lora_rank:
+        return load_model(resume_from or model_path, config.dtype, device)
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = load_model(model_path, config.dtype, device)
+    if resume_from is not None:
+        return PeftModel.from_pretrained(base, resume_from, is_trainable=True)
+    targets = config.lora_target_modules
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def save_model(model, tokenizer, destination: Path) -> None:
+    """Write to a temporary folder beside `destination`, then rename: a crash never leaves half a model.
+
+    A LoRA model is saved twice: its adapter in destination/adapter/ (load with peft onto the base model) and,
+    merged into the base weights, as a plain transformers model in destination/ itself. The merge happens in
+    place, so call this last."""
+    import shutil
+
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.save_pretrained(staging / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)

@@ -45,7 +45,7 @@ from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.critic import Critic, ValueModel, explained_variance
 from r1zero.evaluation import evaluate
 from r1zero.example import Example
-from r1zero.models import completion_logprobs, load_model, resolve_device
+from r1zero.models import completion_logprobs, load_model, load_policy, resolve_device, save_model
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout.transformers_engine import TransformersEngine
@@ -292,22 +292,6 @@ def reference_logprobs(policy, reference, rollout: Rollout, chunk: int) -> torch
         return score_logprobs(reference, rollout, chunk)
     with policy.disable_adapter():
         return score_logprobs(policy, rollout, chunk)
-
-
-def load_policy(model_path: Path, resume_from: Path | None, config: TrainConfig, device):
-    """The trainable policy: the model at model_path, or the checkpoint resume_from; with lora_rank > 0 the base
-    model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable."""
-    if not config.lora_rank:
-        return load_model(resume_from or model_path, config.dtype, device)
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    base = load_model(model_path, config.dtype, device)
-    if resume_from is not None:
-        return PeftModel.from_pretrained(base, resume_from, is_trainable=True)
-    targets = config.lora_target_modules
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
-    return get_peft_model(base, lora)
 
 
 def default_output_dir(config: TrainConfig) -> Path:
@@ -579,23 +563,3 @@ def nonfinite_diagnosis(step: int, count: int, config: TrainConfig) -> str:
             f"{step - count}. Likely causes: dtype {config.dtype} (float16 overflows; use bfloat16 or float32), "
             f"learning_rate {config.learning_rate} too high, max_grad_norm {config.max_grad_norm} (0 disables "
             f"clipping). Start a new run from the checkpoint's weights (--model CHECKPOINT) with safer settings")
-
-
-def save_model(model, tokenizer, destination: Path) -> None:
-    """Write to a temporary folder beside `destination`, then rename: a crash never leaves half a model.
-
-    A LoRA model is saved twice: its adapter in destination/adapter/ (load with peft onto the base model) and,
-    merged into the base weights, as a plain transformers model in destination/ itself. The merge happens in
-    place, so call this last."""
-    import shutil
-
-    staging = destination.with_name(destination.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    if hasattr(model, "merge_and_unload"):  # a peft model
-        model.save_pretrained(staging / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if destination.exists():
-        shutil.rmtree(destination)
-    staging.rename(destination)
