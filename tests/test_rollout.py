@@ -1,9 +1,10 @@
 """The sampling engine against plain `transformers.generate`, stopping rules, reproducibility."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from r1zero.models import load_tokenizer
+from r1zero.models import cache_keyword, load_tokenizer
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import build_prompt
 
@@ -83,3 +84,54 @@ def test_inverse_cdf_draws_follow_the_model_distribution(llama_dir):
     counts = torch.bincount(torch.tensor([d[0] for d in draws]), minlength=len(probabilities)).float() / 4000
     assert (counts - probabilities).abs().max() < 0.03
     assert torch.sum(torch.minimum(counts, probabilities)) > 0.93  # overlap of the two distributions
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
+    # Two prompts of different lengths (left padding), 2 samples each, 6 decode steps on fixed tokens, one row
+    # leaving the batch after step 3; the tiny models have 4 query heads over 2 key/value heads (GQA), and Qwen2
+    # adds q/k/v biases. Every step's logits must match transformers' forward with its DynamicCache.
+    from transformers import DynamicCache
+
+    from r1zero.rollout import fast_decode
+
+    folder = request.getfixturevalue(f"{architecture}_dir")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert fast_decode.supports(model)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    mask[1] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        caches = [DynamicCache(), DynamicCache()]
+        for cache in caches:
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_keyword(model): cache})
+        decoder = fast_decode.FastDecoder(model, caches[0], mask, 2, 6)
+        reference = caches[1]
+        reference.batch_repeat_interleave(2)
+        full_mask = mask.repeat_interleave(2, dim=0)
+        position = positions[:, -1:].repeat_interleave(2, dim=0) + 1
+        tokens = [torch.tensor(row) for row in ([13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24],
+                                                [25, 26, 27, 28], [29, 30, 31], [32, 33, 34])]  # row 2 leaves at 4
+        for step in range(6):
+            if step == 4:
+                keep = torch.tensor([0, 1, 3])
+                decoder.select_rows(keep)
+                reference.batch_select_indices(keep)
+                full_mask, position = full_mask[keep], position[keep]
+            token = tokens[step]
+            full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], dim=1)
+            expected = model(input_ids=token[:, None], attention_mask=full_mask, position_ids=position,
+                             use_cache=True, **{cache_keyword(model): reference}).logits[:, -1]
+            torch.testing.assert_close(decoder.step(token, position), expected, atol=1e-5, rtol=1e-5)
+            position = position + 1
+
+
+def test_fast_decode_samples_what_the_plain_path_samples(qwen2_dir):
+    model = AutoModelForCausalLM.from_pretrained(qwen2_dir).eval()
+    tokenizer = load_tokenizer(qwen2_dir)
+    prompts = [tokenizer(build_prompt(q), add_special_tokens=False)["input_ids"]
+               for q in ("What is 2 + 2 + 2", "What is 1 + 5")]
+    fast = TransformersEngine(model, tokenizer).generate(prompts, 4, 12, 1.0, seeds=[3, 4])
+    plain = TransformersEngine(model, tokenizer, fast_decode=False).generate(prompts, 4, 12, 1.0, seeds=[3, 4])
+    assert fast == plain

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from r1zero.models import cache_keyword
-from r1zero.rollout import Generation
+from r1zero.rollout import Generation, fast_decode
 
 
 def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: int) -> torch.Tensor:
@@ -21,8 +21,9 @@ def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: i
 class TransformersEngine:
     """Samples with the policy's own forward pass and a DynamicCache; stops rows at `stop_string` or EOS."""
 
-    def __init__(self, model, tokenizer, stop_string: str = "</answer>"):
+    def __init__(self, model, tokenizer, stop_string: str = "</answer>", fast_decode: bool = True):
         self.model = model
+        self.fast_decode = fast_decode  # Llama and Qwen2: decode steps by r1zero.rollout.fast_decode
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = {tokenizer.eos_token_id}
@@ -79,7 +80,11 @@ class TransformersEngine:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (B, V)
         logits = logits.repeat_interleave(samples_per_prompt, dim=0)  # (N, V)
-        cache.batch_repeat_interleave(samples_per_prompt)
+        decoder = None
+        if self.fast_decode and fast_decode.supports(self.model):
+            decoder = fast_decode.FastDecoder(self.model, cache, attention_mask, samples_per_prompt, max_new_tokens)
+        else:
+            cache.batch_repeat_interleave(samples_per_prompt)
         attention_mask = attention_mask.repeat_interleave(samples_per_prompt, dim=0)  # (N, P)
         next_position = position_ids[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1  # (N, 1)
 
@@ -103,9 +108,13 @@ class TransformersEngine:
                 break
             if len(keep) < len(active):  # drop finished rows from the batch and the cache
                 index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+                decoder.select_rows(index) if decoder else cache.batch_select_indices(index)
                 token, attention_mask, next_position = token[index], attention_mask[index], next_position[index]
                 active = [active[position] for position in keep]
+            if decoder is not None:
+                logits = decoder.step(token, next_position)  # (n, V)
+                next_position = next_position + 1
+                continue
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (n, P+t)
             logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
                                 use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
