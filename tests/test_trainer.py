@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from r1zero.config import TrainConfig
 from r1zero.rewards import REWARD_FUNCTIONS
-from r1zero.models import full_sequence_logprobs
+from r1zero.algorithms import token_logprobs
+from r1zero.models import full_sequence_logprobs, length_buckets, shared_prompt_forward
 from r1zero import trainer
 from r1zero.trainer import pack_rollout, train, update_plan, update_policy
 
@@ -48,6 +49,19 @@ def test_shared_prompt_logprobs_equal_a_full_forward_pass_with_their_gradients(r
     # a subset of rows whose groups are split (rows 1 and 2 answer prompts 0 and 1)
     subset, _ = rollout.rows(torch.tensor([2, 1])).logprobs(model)
     torch.testing.assert_close(subset * mask[[2, 1]], (plain * mask)[[2, 1]].detach(), atol=1e-5, rtol=0)
+    # length buckets of 2 rows (lengths 1,1,2,2,3,4: buckets cut to 1, 2 and 4 tokens, 14 positions for 24),
+    # each with its own copy of the prompt cache, one backward: the same numbers and gradients again
+    assert [(r.tolist(), w) for r, w in length_buckets(mask.sum(-1).long(), 2)] == [([1, 4], 1), ([2, 5], 2),
+                                                                                  ([0, 3], 4)]
+    model.zero_grad()
+    logits = shared_prompt_forward(model, rollout.prompt_ids, rollout.prompt_mask, rollout.group_index,
+                                   rollout.completion_ids, rollout.completion_mask, bucket_rows=2)
+    bucketed = token_logprobs(logits, rollout.completion_ids)
+    (bucketed * mask).sum().backward()
+    torch.testing.assert_close(bucketed * mask, plain * mask, atol=1e-5, rtol=0)
+    for got, expected in zip((p.grad for p in model.parameters()), plain_grad):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert length_buckets(torch.tensor([3, 3, 4, 4]), 2) is None  # saves under a fifth: one pass
 
 
 def test_length_packing_by_hand():

@@ -6,7 +6,8 @@ one would do. Here, for the architectures whose layers are exactly RMSNorm -> at
 RMSNorm -> SwiGLU MLP:
 - the K/V cache is preallocated to the whole generation (N, kv_heads, P + T, d) and written in place;
 - q/k/v and gate/up projections are fused into one matrix product each (weights concatenated once per call);
-- the padding mask is built once and sliced; attention is torch's scaled_dot_product_attention (GQA included);
+- the padding mask is built once and sliced; attention is two batched products per layer, query heads grouped
+  over their key/value head (GQA) without copying the keys;
 - the model's own modules still compute the rotary embeddings, the norms and the logits, so every variant of
   those (rope scaling, norm eps, biases) is what the model defines.
 
@@ -74,7 +75,9 @@ class FastDecoder:
             self.keys.append(key_buffer)
             self.values.append(value_buffer)
         mask = attention_mask.repeat_interleave(group_size, dim=0).bool()  # (N, P)
-        self.mask = torch.cat([mask, mask.new_ones(mask.shape[0], max_new_tokens)], dim=1)  # (N, C)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], max_new_tokens)], dim=1)  # (N, C)
+        dtype = self.keys[0].dtype
+        self.mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows `index` (finished rows leave the batch)."""
@@ -90,7 +93,7 @@ class FastDecoder:
         hidden = self.model.model.embed_tokens(token[:, None])  # (n, 1, H)
         cos, sin = self.model.model.rotary_emb(hidden, position)  # (n, 1, d)
         cos, sin = cos[:, None], sin[:, None]  # (n, 1, 1, d)
-        mask = self.mask[:, None, None, :column + 1]  # (n, 1, 1, c)
+        mask = self.mask[:, None, None, :column + 1]  # (n, 1, 1, c) additive: 0 or -inf
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for layer, (qkv_weight, qkv_bias, gate_up), keys, values in zip(self.layers, self.fused, self.keys,
                                                                         self.values):
@@ -102,10 +105,13 @@ class FastDecoder:
             query = query * cos + rotate_half(query) * sin
             keys[:, :, column:column + 1] = key * cos + rotate_half(key) * sin  # (n, kv, 1, d) into the cache
             values[:, :, column:column + 1] = value
-            attended = F.scaled_dot_product_attention(
-                query, keys[:, :, :column + 1], values[:, :, :column + 1], attn_mask=mask, scale=self.scaling,
-                enable_gqa=self.kv_heads != self.heads)  # (n, h, 1, d)
-            hidden = hidden + layer.self_attn.o_proj(attended.transpose(1, 2).reshape(n, 1, q_size))
+            # one query per row: two batched products beat a fused attention kernel here; query heads are
+            # grouped over their shared key/value head (GQA) instead of copying the keys
+            grouped = query.reshape(n, self.kv_heads, self.heads // self.kv_heads, self.head_dim)  # (n, kv, g, d)
+            scores = torch.matmul(grouped, keys[:, :, :column + 1].transpose(-1, -2)) * self.scaling  # (n, kv, g, c)
+            weights = torch.softmax(scores + mask, dim=-1)
+            attended = torch.matmul(weights, values[:, :, :column + 1])  # (n, kv, g, d)
+            hidden = hidden + layer.self_attn.o_proj(attended.reshape(n, 1, q_size))
             gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)  # (n, 1, I) each
             hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
         self.column += 1

@@ -11,6 +11,9 @@ from r1zero.models import cache_keyword
 from r1zero.rollout import Generation, fast_decode
 
 
+COMPACT_BELOW = 0.75  # fast path: finished rows leave the batch once the live ones are below this share of it
+
+
 def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: int) -> torch.Tensor:
     """(B*G, T) uniform draws in [0, 1): prompt b's G rows from a generator seeded with seeds[b] alone, so a
     prompt's samples are the same whichever batch, process or machine generates it."""
@@ -92,31 +95,47 @@ class TransformersEngine:
         uniforms = None if seeds is None else sample_uniforms(seeds, samples_per_prompt, max_new_tokens)  # (N, T)
         generated: list[list[int]] = [[] for _ in range(rows)]
         stopped = [False] * rows
-        active = list(range(rows))  # original row of each row still in the batch
+        # Finished rows leave the batch (and the cache) once the live ones are at most `compact_below` of it;
+        # until then they ride along, fed padding, their logits unread. The plain path compacts at every finish
+        # (its cache is only as long as the tokens so far); the fast path's cache spans the whole generation, so
+        # copying it at every finish would cost more than the few extra rows.
+        compact_below = COMPACT_BELOW if decoder is not None else 1.0
+        batch_rows = list(range(rows))  # the original row at each batch position
+        live = list(range(rows))  # batch positions still generating
         for t in range(max_new_tokens):
-            draws = None if uniforms is None else uniforms[active, t]  # (n,)
-            token = self._sample(logits, temperature, generator, draws)  # (n,) n = rows still active
-            keep = []
-            for position, (row, value) in enumerate(zip(active, token.tolist())):
+            live_index = None if len(live) == len(batch_rows) else torch.tensor(live, device=device)
+            live_rows = [batch_rows[position] for position in live]
+            draws = None if uniforms is None else uniforms[live_rows, t]  # (l,)
+            sampled = self._sample(logits if live_index is None else logits[live_index], temperature, generator,
+                                   draws)  # (l,) l = live rows
+            still = []
+            for position, row, value in zip(live, live_rows, sampled.tolist()):
                 generated[row].append(value)
                 if value in self.eos_ids or value == self.stop_token or (
                         self.stop_token is None and self._ends_with_stop(generated[row])):
                     stopped[row] = True
                 else:
-                    keep.append(position)
-            if not keep:
+                    still.append(position)
+            if not still:
                 break
-            if len(keep) < len(active):  # drop finished rows from the batch and the cache
-                index = torch.tensor(keep, device=device)
+            if live_index is None:
+                token = sampled  # (n,)
+            else:
+                token = torch.full((len(batch_rows),), self.pad_id, dtype=sampled.dtype, device=device)  # (n,)
+                token[live_index] = sampled
+            live = still
+            if len(live) < compact_below * len(batch_rows):  # drop finished rows from the batch and the cache
+                index = torch.tensor(live, device=device)
                 decoder.select_rows(index) if decoder else cache.batch_select_indices(index)
                 token, attention_mask, next_position = token[index], attention_mask[index], next_position[index]
-                active = [active[position] for position in keep]
+                batch_rows = [batch_rows[position] for position in live]
+                live = list(range(len(live)))
             if decoder is not None:
                 logits = decoder.step(token, next_position)  # (n, V)
-                next_position = next_position + 1
-                continue
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (n, P+t)
-            logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                                use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
+            else:
+                attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)  # (n, P+t)
+                logits = self.model(input_ids=token[:, None], attention_mask=attention_mask,
+                                    position_ids=next_position, use_cache=True,
+                                    **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
             next_position = next_position + 1
         return Generation(completions=generated, stopped=stopped)
