@@ -179,3 +179,43 @@ def test_time_budget_stops_early_and_still_evaluates_and_saves(llama_dir, tmp_pa
     assert [r["step"] for r in records if "reward/mean" in r] == [1]
     assert [r["step"] for r in records if "eval/pass@1" in r] == [0, 1]  # before training, and at the stop
     assert (output / "final" / "config.json").is_file() and (output / "checkpoints" / "step_000001").is_dir()
+
+
+GRADIENT_HASHES = """
+import hashlib, torch
+from transformers import AutoModelForCausalLM
+from r1zero.models import load_tokenizer, shared_prompt_forward
+from r1zero.pretrain import SHIPPED_MODEL
+from r1zero.rollout.transformers_engine import TransformersEngine
+from r1zero.tasks import sums
+from r1zero.templates import build_prompt
+from r1zero.trainer import pack_rollout
+
+torch.set_num_threads(2)
+model = AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL)
+tokenizer = load_tokenizer(SHIPPED_MODEL)
+prompts = [tokenizer(build_prompt(e.prompt), add_special_tokens=False)["input_ids"] for e in sums.held_out(16)]
+for seed in range(12):
+    seeds = [16 * seed + i for i in range(16)]
+    generation = TransformersEngine(model, tokenizer).generate(prompts, 8, 40, 1.0, seeds=seeds)
+    rollout = pack_rollout(prompts, generation.completions, 8, tokenizer.pad_token_id, torch.zeros(128),
+                           torch.device("cpu"))
+    model.zero_grad()
+    logits = shared_prompt_forward(model, rollout.prompt_ids, rollout.prompt_mask, rollout.group_index,
+                                   rollout.completion_ids, rollout.completion_mask)
+    (logits * rollout.completion_mask[..., None]).sum().backward()
+    print(hashlib.md5(torch.cat([p.grad.flatten() for p in model.parameters()]).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_bucketed_gradients_repeat_bit_for_bit_across_processes():
+    # Seeded CPU runs repeat exactly (README). Twelve rollouts of 128 rows on the shipped model, so every one runs
+    # in length buckets; two fresh processes must produce the same gradient bits. (Indexing the prompt cache with
+    # x[rows] instead of index_select made 2 of these 12 differ between processes: its backward accumulates repeated
+    # rows in a thread-dependent order.)
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", GRADIENT_HASHES], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert len(runs[0].split()) == 12 and runs[0] == runs[1]

@@ -136,8 +136,9 @@ def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
         pieces = []
         for rows, bucket_width in buckets:
             bucket_cache = DynamicCache()
-            for index, layer in enumerate(cache.layers):
-                bucket_cache.update(layer.keys[row_of[rows]], layer.values[row_of[rows]], index)
+            picked = row_of[rows]  # index_select, not x[picked]: the backward of advanced indexing with repeated
+            for index, layer in enumerate(cache.layers):  # rows accumulates in a thread-dependent order on CPU
+                bucket_cache.update(layer.keys.index_select(0, picked), layer.values.index_select(0, picked), index)
             piece = completion_pass(rows, bucket_cache, bucket_width)  # (r, t, D)
             pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
         order = torch.cat([rows for rows, _ in buckets])  # (n,) row at each sorted position
