@@ -10,7 +10,8 @@ template and its accuracy and format rewards on both sides. Models: the shipped 
 it stops after </answer>, TRL only at EOS one token later) and a randomly initialised ~4M-parameter Qwen2
 (hidden 256, 4 layers, 4 heads; it never stops, so both sides generate all 64 tokens of every sample).
 
-r1zero packs its update's rows by length (microbatch_tokens 4096, opt-in: same gradient, run-to-run rounding).
+r1zero packs its update's rows by length (microbatch_tokens 4096, opt-in: same gradient; with 64 rows of at
+most 64 tokens it makes one micro-batch, and the length buckets of models.shared_prompt_forward do the rest).
 Each side runs in its own process (so peak RSS is its own), 2 warm-up steps then --steps timed ones; the median
 step is reported, and tokens generated per second of a full step (generation + scoring + update) is the fair
 figure when the sides stop at different tokens. A third row per model times the rollout alone: r1zero's engine

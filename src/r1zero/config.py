@@ -127,8 +127,10 @@ class TrainConfig:
     microbatch_tokens: int = 0
     """With microbatch_size 0: sort the minibatch's rows by length and pack them into micro-batches of at most this
     many padded tokens (rows x longest row), each cut to its longest row, so uneven lengths cost little padding
-    (4096: 1.8x faster steps at 256 new tokens on a 4M model). Same gradient, but with 2+ CPU threads the
-    rounding then varies from run to run, so a seeded CPU run no longer repeats bit for bit. 0: off."""
+    (4096: 1.8x faster steps at 256 new tokens on a 4M model). Same gradient (tested) and repeatable; its
+    rounding differs from the unpacked update's, so a run's numbers change in the last bits and onward. Each
+    micro-batch runs its prompts again. 0: off (completions still run in length buckets, see
+    models.shared_prompt_forward)."""
     learning_rate: float = 2e-4
     """AdamW learning rate, constant after warm-up. Tiny models need far more than the 1e-6 range of 7B models."""
     warmup_steps: int = 5

@@ -118,32 +118,29 @@ def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
                          use_cache=True, **{keyword: cache}), field)[:, -1]  # (u, D)
     prompt_lengths = prompt_mask.sum(-1)  # (u,)
     width = completion_ids.shape[1]
-    buckets = length_buckets(completion_mask.sum(-1).long(), bucket_rows)
-
-    def completion_pass(rows: torch.Tensor | None, bucket_cache, bucket_width: int) -> torch.Tensor:
-        picked = row_of if rows is None else row_of[rows]  # (r,) prompt of each row
-        ids = completion_ids if rows is None else completion_ids[rows, :bucket_width]  # (r, t)
-        mask = completion_mask if rows is None else completion_mask[rows, :bucket_width]  # (r, t)
+    every_row = [(torch.arange(len(row_of), device=row_of.device), width)]
+    buckets = length_buckets(completion_mask.sum(-1).long(), bucket_rows) or every_row
+    pieces = []
+    for rows, bucket_width in buckets:
+        picked = row_of[rows]  # (r,) the prompt of each row
+        # each row gets its prompt's keys and values by index_select, not x[picked]: on CPU the backward of
+        # advanced indexing with repeated rows accumulates in a thread-dependent order, and runs stop repeating
+        bucket_cache = DynamicCache()
+        for index, layer in enumerate(cache.layers):
+            bucket_cache.update(layer.keys.index_select(0, picked), layer.values.index_select(0, picked), index)
+        ids, mask = completion_ids[rows, :bucket_width], completion_mask[rows, :bucket_width]  # (r, t)
         attention_mask = torch.cat([prompt_mask[picked], mask.to(prompt_mask.dtype)], dim=1)  # (r, P+t)
-        positions = prompt_lengths[picked, None] + torch.arange(ids.shape[1], device=ids.device)  # (r, t)
-        return getattr(model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                             **{keyword: bucket_cache}), field)  # (r, t, D): position t sees token t
-
-    if buckets is None:
-        cache.batch_select_indices(row_of)  # each completion row gets its prompt's keys and values
-        outputs = completion_pass(None, cache, width)  # (n, T, D)
+        positions = prompt_lengths[picked, None] + torch.arange(bucket_width, device=ids.device)  # (r, t)
+        piece = getattr(model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                              **{keyword: bucket_cache}), field)  # (r, t, D): position t sees token t
+        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
+    if len(pieces) == 1:
+        outputs = pieces[0]  # (n, T, D)
     else:
-        pieces = []
-        for rows, bucket_width in buckets:
-            bucket_cache = DynamicCache()
-            picked = row_of[rows]  # index_select, not x[picked]: the backward of advanced indexing with repeated
-            for index, layer in enumerate(cache.layers):  # rows accumulates in a thread-dependent order on CPU
-                bucket_cache.update(layer.keys.index_select(0, picked), layer.values.index_select(0, picked), index)
-            piece = completion_pass(rows, bucket_cache, bucket_width)  # (r, t, D)
-            pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
-        order = torch.cat([rows for rows, _ in buckets])  # (n,) row at each sorted position
+        order = torch.cat([rows for rows, _ in buckets])  # (n,) the row at each sorted position
         outputs = torch.cat(pieces)[torch.argsort(order)]  # (n, T, D) back in row order
-    return torch.cat([last[row_of, None], outputs[:, :-1]], dim=1)  # (n, T, D): the state before token t
+    first = last.index_select(0, row_of)[:, None]  # (n, 1, D): the state before each first token
+    return torch.cat([first, outputs[:, :-1]], dim=1)  # (n, T, D): the state before token t
 
 
 def length_buckets(lengths: torch.Tensor, bucket_rows: int) -> list[tuple[torch.Tensor, int]] | None:
