@@ -156,6 +156,39 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_is_unchanged(llama_dir,
     assert_same_metrics(records, reference_run)  # its prompts were generated again, with the same seeds
 
 
+def test_lora_runs_with_rollout_workers_that_receive_the_merged_weights(llama_dir, tmp_path, length_reward):
+    # A large LoRA learning rate moves the adapters enough that workers holding the bare base weights would sample
+    # other completions from step 2 on; with the merged weights every step's metrics match the in-process run.
+    settings = dict(lora_rank=4, lora_alpha=8, learning_rate=5e-2, eval_every=2, eval_samples=2)
+    reference = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "local", **settings)))
+    records = read_metrics(train(tiny_run_config(llama_dir, tmp_path / "ray", rollout_workers=1, **settings,
+                                                 **SHARED)))
+    assert_same_metrics(records, reference)
+    steps = [r for r in reference if "reward/mean" in r]
+    assert steps[0]["response/length_mean"] != steps[-1]["response/length_mean"]  # the policy did move
+
+
+def test_merged_lora_weights_give_the_lora_models_logits(llama_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from r1zero.distributed import load_arrays, weights_to_arrays
+
+    torch.manual_seed(0)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # fresh adapters are zero: make them count
+    plain = AutoModelForCausalLM.from_pretrained(llama_dir)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        before = plain(ids).logits
+        load_arrays(plain, weights_to_arrays(policy))
+        assert (plain(ids).logits - before).abs().max() > 1e-2
+        torch.testing.assert_close(plain(ids).logits, policy(ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_a_rollout_from_an_older_policy_version_is_an_error(llama_dir):
     from r1zero.distributed import RolloutWorkers, StaleRolloutError
 
@@ -207,7 +240,7 @@ def test_ray_settings_are_checked_before_anything_starts():
             (dict(ray_address="head-node"), "neither 'auto' nor HOST:PORT"),
             (dict(train_processes=0), "train_processes: must be >= 1"),
             (dict(train_processes=2, advantage="gae"), "critic-free algorithms only"),
-            (dict(rollout_workers=1, lora_rank=4), "with lora_rank > 0 use rollout_workers 0"),
+            (dict(train_processes=2, lora_rank=4), "ranks train full weights only"),
             (dict(rollout_workers=-1), "rollout_workers: must be >= 0"),
             (dict(ray_worker_cpus=0), "ray_worker_cpus: must be > 0")):
         with pytest.raises(ConfigError, match=message):

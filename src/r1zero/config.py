@@ -226,7 +226,8 @@ class TrainConfig:
     rollout_workers: int = 0
     """Ray actors that generate the completions, each with a copy of the policy and a share of the step's prompts;
     the new weights reach them once per step through Ray's object store. 0: generate in the training process (no
-    Ray). Sampling is seeded per prompt, so the completions are the same for any number of workers."""
+    Ray). Sampling is seeded per prompt, so the completions are the same for any number of workers. With LoRA
+    the workers receive the base weights with the adapters merged in, each step."""
     train_processes: int = 1
     """Ranks of the data-parallel update (torch.distributed: gloo on CPU, nccl on GPU), each a Ray actor working
     on its share of every micro-batch; gradients are summed across ranks, so the step equals the one-process step.
@@ -367,9 +368,9 @@ class TrainConfig:
         elif self.train_processes > 1 and self.advantage == "gae":
             problems.append(f"train_processes: {self.train_processes} ranks work with the critic-free algorithms "
                             f"only for now; with advantage 'gae' (PPO, a critic) use 1")
-        if (self.rollout_workers or self.train_processes > 1) and self.lora_rank:
-            problems.append("rollout_workers/train_processes: Ray workers and ranks take full weights only for now; "
-                            "with lora_rank > 0 use rollout_workers 0 and train_processes 1")
+        if self.train_processes > 1 and self.lora_rank:
+            problems.append("train_processes: ranks train full weights only for now; with lora_rank > 0 use 1 "
+                            "(rollout_workers work with LoRA: they receive the merged weights)")
         host, _, port = self.ray_address.rpartition(":")
         if self.ray_address not in ("", "auto") and not (host and port.isdigit()):
             problems.append(f"ray_address: {self.ray_address!r} is neither 'auto' nor HOST:PORT (e.g. 10.0.0.1:6379)")

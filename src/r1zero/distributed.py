@@ -47,11 +47,34 @@ class StaleRolloutError(RuntimeError):
 
 # ---- weights through the object store --------------------------------------------------------------
 
+def plain_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights as a plain transformers model of the same architecture names them: for a LoRA (peft) model,
+    copies of its base weights with the adapters' deltas added (the policy itself is left as it is)."""
+    if not hasattr(model, "peft_config"):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight.detach()
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).detach()
+            merged[f"{name}.weight"] = weight
+    state = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" not in key:
+            key = key.replace(".base_layer.", ".")
+            state[key] = merged.get(key, value)
+    return state
+
+
 def weights_to_arrays(model) -> dict[str, tuple[str, np.ndarray]]:
-    """{name: (dtype name, array)} of the model's state dict on CPU; numpy arrays travel through Ray's object
-    store without a copy per reader (bfloat16, which numpy lacks, travels as its 16 bits)."""
+    """{name: (dtype name, array)} of the model's plain state dict (plain_state_dict) on CPU; numpy arrays travel
+    through Ray's object store without a copy per reader (bfloat16, which numpy lacks, travels as its 16 bits)."""
     arrays = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in plain_state_dict(model).items():
         tensor = tensor.detach().cpu()
         dtype = str(tensor.dtype).removeprefix("torch.")
         arrays[name] = (dtype, (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy())
