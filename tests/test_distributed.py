@@ -35,8 +35,6 @@ def local_cluster():
 
 def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
     """{aggregation: (weights after one SGD step of lr 1, i.e. the weights minus the gradient; the loss)}."""
-    from r1zero.distributed import DataParallel  # noqa: F401 (the type of parallel)
-
     results = {}
     for aggregation in aggregations:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)

@@ -65,7 +65,8 @@ def test_per_prompt_seeds_make_a_prompts_samples_independent_of_the_batch(llama_
     prompts = [tokenizer(build_prompt(q), add_special_tokens=False)["input_ids"]
                for q in ("What is 2 + 2 + 2", "What is 1 + 5 + 3 + 8", "What is 9 + 1")]
     together = engine.generate(prompts, 3, 10, 1.0, seeds=[11, 12, 13]).completions
-    alone = [engine.generate([prompt], 3, 10, 1.0, seeds=[seed]).completions for prompt, seed in zip(prompts, (11, 12, 13))]
+    alone = [engine.generate([prompt], 3, 10, 1.0, seeds=[seed]).completions
+             for prompt, seed in zip(prompts, (11, 12, 13))]
     assert together == alone[0] + alone[1] + alone[2]
     reordered = engine.generate(prompts[::-1], 3, 10, 1.0, seeds=[13, 12, 11]).completions
     assert reordered == alone[2] + alone[1] + alone[0]
@@ -105,7 +106,8 @@ def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
     with torch.no_grad():
         caches = [DynamicCache(), DynamicCache()]
         for cache in caches:
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_keyword(model): cache})
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                  **{cache_keyword(model): cache})
         decoder = fast_decode.FastDecoder(model, caches[0], mask, 2, 6)
         reference = caches[1]
         reference.batch_repeat_interleave(2)

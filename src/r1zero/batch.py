@@ -83,8 +83,9 @@ def concatenate(batches: list[StepBatch]) -> StepBatch:
 
 def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, seeds: list[int]) \
         -> StepBatch:
-    """Generate G completions for each example (prompt b sampled with seeds[b]) and score them; with overlong_buffer > 0 the DAPO length penalty
-    (times overlong_penalty_factor) is added to each total and logged as the component "overlong"."""
+    """Generate G completions for each example (prompt b sampled with seeds[b]) and score them; with
+    overlong_buffer > 0 the DAPO length penalty (times overlong_penalty_factor) is added to each total and logged
+    as the component "overlong"."""
     prompts = encode(examples)
     generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, seeds=seeds)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from r1zero.config import ConfigError, TrainConfig
+from r1zero.models import DTYPES
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
@@ -142,6 +143,11 @@ def reachable_or_raise(address: str) -> None:
                           f"`ray start --head --port {port}`, or give 'auto' on a machine of the cluster") from None
 
 
+def contiguous_blocks(count: int, parts: int) -> list[np.ndarray]:
+    """0..count-1 cut into at most `parts` contiguous, non-empty blocks of near-equal size, in order."""
+    return [block for block in np.array_split(np.arange(count), parts) if len(block)]
+
+
 def actor_options(config: TrainConfig, device: torch.device) -> dict:
     return {"num_cpus": config.ray_worker_cpus, "num_gpus": 1 if device.type == "cuda" else 0}
 
@@ -181,7 +187,6 @@ class RolloutWorkers:
         import ray
 
         self.ray = ray
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.actor = ray.remote(RolloutWorker).options(**actor_options(config, device))
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
                      str(device))
@@ -193,12 +198,18 @@ class RolloutWorkers:
 
     def publish(self, version: int, policy=None, weights=None) -> None:
         """Make `version` the weights every later rollout must come from: the policy's (put in the object store
-        once) or an ObjectRef already there (a learner's). Waits until every worker has loaded them."""
+        once) or an ObjectRef already there (a learner's). The workers load them side by side; returns when all
+        have."""
         started = time.perf_counter()
         self.weights = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
         self.version = version
-        for index, worker in enumerate(self.workers):
-            self._retrying(index, lambda w: w.load_weights.remote(self.version, self.weights))
+
+        def load(worker):
+            return worker.load_weights.remote(self.version, self.weights)
+
+        pending = [load(worker) for worker in self.workers]
+        for index, reference in enumerate(pending):
+            self._retrying(index, load, reference)
         self.publish_seconds = time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
@@ -207,7 +218,7 @@ class RolloutWorkers:
         order. Needs per-prompt seeds (a shared generator cannot be split across processes)."""
         if seeds is None:
             raise ValueError("rollout workers sample with per-prompt seeds; pass seeds= (r1zero.batch.prompt_seed)")
-        blocks = [block for block in np.array_split(np.arange(len(prompts)), len(self.workers)) if len(block)]
+        blocks = contiguous_blocks(len(prompts), len(self.workers))
         calls = {index: (lambda w, block=block: w.generate.remote(
                     [prompts[i] for i in block], samples_per_prompt, max_new_tokens, temperature,
                     [seeds[i] for i in block])) for index, block in enumerate(blocks)}
@@ -294,7 +305,7 @@ class LearnerRank:
         torch.set_num_threads(worker_threads(config))
         self.rank, self.world, self.config = rank, world, config
         self.device = torch.device(device)
-        self.model = model_from_config(model_config, generation_config, getattr(torch, config.dtype), self.device)
+        self.model = model_from_config(model_config, generation_config, DTYPES[config.dtype], self.device)
         load_arrays(self.model, arrays)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
@@ -395,7 +406,7 @@ class RayScoringPool:
         self.actors = [actor.remote(time_limit_seconds, tuple(preload)) for _ in range(workers)]
 
     def run(self, calls):
-        blocks = [block for block in np.array_split(np.arange(len(calls)), len(self.actors)) if len(block)]
+        blocks = contiguous_blocks(len(calls), len(self.actors))
         results = self.ray.get([self.actors[i].run.remote([calls[j] for j in block]) for i, block in enumerate(blocks)])
         return [score for block in results for score in block]
 

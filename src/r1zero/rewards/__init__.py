@@ -94,8 +94,9 @@ class RewardScorer:
     pool starts on the first isolated call. code_partial_credit and code_test_timeout_seconds configure the code
     reward (its whole call is budgeted to time_limit_seconds minus CODE_BUDGET_MARGIN_SECONDS). pool_factory(workers,
     time_limit_seconds, preload=...) makes the pool: ScoringPool, or r1zero.distributed.RayScoringPool (Ray actors,
-    each with a ScoringPool inside) when Ray is on. A sample on which a reward raises scores 0 and is counted in health; with stop_when_all_fail, a component that raises on every
-    sample of a call raises RewardError naming it.
+    each with a ScoringPool inside) when Ray is on. A sample on which a reward raises scores 0 and is counted in
+    health; with stop_when_all_fail, a component that raises on every sample of a call raises RewardError naming
+    it.
     """
 
     def __init__(self, weights: dict[str, float], accuracy_function: str, *, time_limit_seconds: float = 10.0,

@@ -68,7 +68,8 @@ class FastDecoder:
             keys = layer_cache.keys.repeat_interleave(group_size, dim=0)  # (N, kv, P, d)
             values = layer_cache.values.repeat_interleave(group_size, dim=0)
             rows = keys.shape[0]
-            key_buffer = keys.new_zeros(rows, self.kv_heads, prompt_width + max_new_tokens, self.head_dim)  # (N, kv, C, d)
+            key_buffer = keys.new_zeros(rows, self.kv_heads, prompt_width + max_new_tokens,
+                                        self.head_dim)  # (N, kv, C, d)
             value_buffer = torch.zeros_like(key_buffer)
             key_buffer[:, :, :prompt_width] = keys
             value_buffer[:, :, :prompt_width] = values
