@@ -6,9 +6,11 @@
 
 Settings of every row: 8 prompts x 8 samples a step, at most 64 new tokens, temperature 1.0, one optimisation
 pass per batch (mu = 1), beta 0.04 (a reference model loaded) or 0; the built-in task's prompts in the R1-Zero
-template and its accuracy and format rewards on both sides. Models: the shipped base model (0.87M parameters;
-it stops after </answer>, TRL only at EOS one token later) and a randomly initialised ~4M-parameter Qwen2
-(hidden 256, 4 layers, 4 heads; it never stops, so both sides generate all 64 tokens of every sample).
+template and its accuracy and format rewards on both sides. Models: the shipped base model (0.87M parameters)
+and a randomly initialised ~4M-parameter Qwen2 (hidden 256, 4 layers, 4 heads). Both sides stop a sample at the
+same tokens: EOS or `</answer>` (one token in the built-in tokenizer; TRL and `generate` are given it as a second
+EOS id), so they generate the same number of tokens in expectation (the random model samples one of the two
+about once in 36 tokens); the token counts are reported beside the times.
 
 r1zero packs its update's rows by length (microbatch_tokens 4096, opt-in: same gradient; with 64 rows of at
 most 64 tokens it makes one micro-batch, and the length buckets of models.shared_prompt_forward do the rest).
@@ -70,6 +72,15 @@ def make_qwen2(folder: Path, hidden: int = 256, layers: int = 4) -> Path:
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The token ids that end a sample on every side: EOS and r1zero's stop string (one token here)."""
+    from r1zero.templates import STOP_STRING
+
+    stop = tokenizer.encode(STOP_STRING, add_special_tokens=False)
+    assert len(stop) == 1, f"{STOP_STRING} is {len(stop)} tokens in this tokenizer; the benchmark needs one"
+    return [tokenizer.eos_token_id, stop[0]]
 
 
 def prompts_text() -> list:
@@ -150,7 +161,9 @@ def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
                           max_steps=steps + 2, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
                           shuffle_dataset=False, warmup_steps=0, lr_scheduler_type="constant",
                           reward_weights=[1.0, 0.5], disable_tqdm=True)
-        trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), reward_funcs=[accuracy, formatted],
+        model = AutoModelForCausalLM.from_pretrained(path)
+        model.generation_config.eos_token_id = stop_ids(tokenizer)  # TRL stops (and masks) at these ids
+        trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, formatted],
                               args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[StepTimer()])
         generate = trainer._generate_and_score_completions
 
@@ -190,15 +203,16 @@ def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
         with torch.no_grad():
             output = policy.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0,
                                      top_k=0, top_p=1.0, max_new_tokens=shape.new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id)  # stops at EOS (stop_strings fails on
-                                     # this word-level tokenizer); the built-in model writes EOS right after </answer>
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer))
         theirs = time.perf_counter() - started
         if index >= 2:
-            generated = output[:, width:]  # EOS is the pad token: counted are the tokens before it, </answer> included
+            generated = output[:, width:]  # (N, T) padded after each sample's stop token
+            ended = torch.isin(generated, torch.tensor(stop_ids(tokenizer)))
+            before = ended.int().cumsum(dim=1) - ended.int()  # stop tokens strictly before each position
             result["seconds"].append(ours)
             result["tokens"].append(float(sum(len(c) for c in generation.completions)))
             result["hf_seconds"].append(theirs)
-            result["hf_tokens"].append(float((generated != tokenizer.pad_token_id).sum()))
+            result["hf_tokens"].append(float((before == 0).sum()))  # up to the first stop token, included
     return result
 
 
@@ -280,21 +294,21 @@ def main(argv: list[str] | None = None) -> int:
             mine = {"seconds": statistics.median(rollout["seconds"]), "tokens": statistics.median(rollout["tokens"])}
             rows.append((f"{name}, rollout only", hf, mine))
 
-    print("\n| setting | peer s/step | r1zero s/step | peer tok/s | r1zero tok/s | tok/s ratio | r1zero % of matmul "
-          "peak (gen / update) | peer % (gen / update) | peak RSS MB (peer / r1zero) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| setting | peer s/step | r1zero s/step | tokens/step (peer / r1zero) | peer tok/s | r1zero tok/s | tok/s "
+          "ratio | r1zero % of matmul peak (gen / update) | peer % (gen / update) | peak RSS MB (peer / r1zero) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, theirs, ours in rows:
         ratio = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
         if "peak_fraction" in ours:
             print(f"| {label} (peer: TRL) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens_per_second']:.0f} | {ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
+                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens_per_second']:.0f} | {ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
                   f"{100 * ours['peak_fraction']:.0f}% ({100 * ours['generation_fraction']:.0f} / "
                   f"{100 * ours['update_fraction']:.0f}) | {100 * theirs['peak_fraction']:.0f}% "
                   f"({100 * theirs['generation_fraction']:.0f} / {100 * theirs['update_fraction']:.0f}) | "
                   f"{theirs['rss']:.0f} / {ours['rss']:.0f} |")
         else:
             print(f"| {label} (peer: transformers generate) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens'] / theirs['seconds']:.0f} | {ours['tokens'] / ours['seconds']:.0f} | "
+                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens'] / theirs['seconds']:.0f} | {ours['tokens'] / ours['seconds']:.0f} | "
                   f"**{ratio:.2f}x** | | | |")
     if args.output:
         Path(args.output).write_text(json.dumps({"matmul_gflops": peak, "runs": raw}, indent=2) + "\n")

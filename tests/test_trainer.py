@@ -49,19 +49,22 @@ def test_shared_prompt_logprobs_equal_a_full_forward_pass_with_their_gradients(r
     # a subset of rows whose groups are split (rows 1 and 2 answer prompts 0 and 1)
     subset, _ = rollout.rows(torch.tensor([2, 1])).logprobs(model)
     torch.testing.assert_close(subset * mask[[2, 1]], (plain * mask)[[2, 1]].detach(), atol=1e-5, rtol=0)
-    # length buckets of 2 rows (lengths 1,1,2,2,3,4: buckets cut to 1, 2 and 4 tokens, 14 positions for 24),
-    # each with its own copy of the prompt cache, one backward: the same numbers and gradients again
-    assert [(r.tolist(), w) for r, w in length_buckets(mask.sum(-1).long(), 2)] == [([1, 4], 1), ([2, 5], 2),
-                                                                                  ([0, 3], 4)]
+    # length buckets at 3 positions a bucket (lengths 1,1,2,2,3,4 sorted: [1,1,2,2] cut to 2 tokens and [3,4] to 4
+    # cost 8 + 8 + 2*3 = 22; one bucket 24 + 3, [1,1][2,2][3,4] 2 + 4 + 8 + 9 = 23), each with its own copy of the
+    # prompt cache, one backward: the same numbers and gradients again
+    assert [(r.tolist(), w) for r, w in length_buckets(mask.sum(-1).long(), 3)] == [([1, 4, 2, 5], 2), ([0, 3], 4)]
+    assert [(r.tolist(), w) for r, w in length_buckets(mask.sum(-1).long(), 0)] == [
+        ([1, 4], 1), ([2, 5], 2), ([0], 3), ([3], 4)]  # free buckets: one per length, no padding at all
     model.zero_grad()
     logits = shared_prompt_forward(model, rollout.prompt_ids, rollout.prompt_mask, rollout.group_index,
-                                   rollout.completion_ids, rollout.completion_mask, bucket_rows=2)
+                                   rollout.completion_ids, rollout.completion_mask, bucket_cost=3)
     bucketed = token_logprobs(logits, rollout.completion_ids)
     (bucketed * mask).sum().backward()
     torch.testing.assert_close(bucketed * mask, plain * mask, atol=1e-5, rtol=0)
     for got, expected in zip((p.grad for p in model.parameters()), plain_grad):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    assert length_buckets(torch.tensor([3, 3, 4, 4]), 2) is None  # saves under a fifth: one pass
+    assert length_buckets(torch.tensor([3, 3, 4, 4]), 2) is None  # 16 + 2 against 6 + 8 + 4: a tie, one pass
+    assert len(length_buckets(torch.tensor([3, 3, 4, 4]), 1)) == 2  # 17 against 16
 
 
 def test_length_packing_by_hand():
@@ -139,6 +142,9 @@ def test_short_run_on_a_local_hugging_face_model(request, tmp_path, monkeypatch,
     assert steps[-1]["kl"] > 0  # mu = 2 moved the policy away from the reference
     for key in ("entropy", "clip_fraction", "time/step_seconds", "throughput/tokens_per_second"):
         assert key in steps[0]
+    for record in steps:  # the phases are parts of the step: each positive, together no longer than it
+        phases = [record[f"time/{name}_seconds"] for name in ("generation", "logprobs", "update")]
+        assert min(phases) > 0 and sum(phases) <= record["time/step_seconds"]
     for key in ("eval/accuracy_greedy", "eval/format"):
         assert 0.0 <= evals[0][key] <= 1.0
     trained = AutoModelForCausalLM.from_pretrained(output / "final")

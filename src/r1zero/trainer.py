@@ -442,6 +442,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             stopped = torch.tensor(batch.stopped, dtype=rollout.completion_mask.dtype, device=device)
             rollout.loss_mask = rollout.completion_mask * stopped[:, None]  # (N, T)
         chunk = config.microbatch_size or config.minibatch_size or count
+        logprobs_started = time.time()
         if config.kl_coef > 0:
             rollout.ref_logprobs = reference_logprobs(policy, reference, rollout, chunk)
         if config.updates_per_batch > 1 or (config.minibatch_size or count) < count or kl_in_reward:
@@ -457,6 +458,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             rollout.ref_logprobs = None  # in the reward (PPO) or only measured: not a loss term
 
         # ---- 5. policy update (and critic update) ---------------------------------------------------------
+        update_started = time.time()
         plan = update_plan(rollout.completion_mask.sum(dim=1).long().cpu(), config, shuffling, device)
         if critic is not None and step <= config.critic_warmup_steps:
             update = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
@@ -477,6 +479,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             extra.update({"critic/value_loss": critic_update["loss"], "critic/grad_norm": critic_update["grad_norm"],
                           "critic/value_clip_fraction": critic_update["value_clip_fraction"]})
 
+        update_seconds = time.time() - update_started
         if workers:  # the next rollouts must come from these weights
             workers.publish(step, policy, new_weights if learners else None)
             extra.update({"ray/rollout_worker_restarts": workers.take_restarts(),
@@ -502,6 +505,8 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             "learning_rate": scheduler.get_last_lr()[0],
             "time/step_seconds": seconds,
             "time/generation_seconds": generation_seconds,
+            "time/logprobs_seconds": update_started - logprobs_started,  # reference and old log-probs, advantages
+            "time/update_seconds": update_seconds,
             "throughput/tokens_per_second": sum(lengths) / seconds,
             **batch.counts,  # dynamic_sampling/...
             **extra,  # critic/... (PPO)

@@ -11,7 +11,7 @@ from r1zero.models import cache_keyword
 from r1zero.rollout import Generation, fast_decode
 
 
-COMPACT_BELOW = 0.75  # fast path: finished rows leave the batch once the live ones are below this share of it
+COMPACT_BELOW = 0.85
 
 
 def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: int) -> torch.Tensor:
