@@ -156,7 +156,8 @@ def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         args = GRPOConfig(output_dir=folder, per_device_train_batch_size=PROMPTS * shape.group,
-                          num_generations=shape.group, max_completion_length=shape.new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=beta,
+                          num_generations=shape.group, max_completion_length=shape.new_tokens, temperature=1.0,
+                          top_k=0, top_p=1.0, beta=beta,
                           num_iterations=1, steps_per_generation=1, learning_rate=LEARNING_RATE,
                           max_steps=steps + 2, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
                           shuffle_dataset=False, warmup_steps=0, lr_scheduler_type="constant",
@@ -301,14 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
         if "peak_fraction" in ours:
             print(f"| {label} (peer: TRL) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens_per_second']:.0f} | {ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
+                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens_per_second']:.0f} | "
+                  f"{ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
                   f"{100 * ours['peak_fraction']:.0f}% ({100 * ours['generation_fraction']:.0f} / "
                   f"{100 * ours['update_fraction']:.0f}) | {100 * theirs['peak_fraction']:.0f}% "
                   f"({100 * theirs['generation_fraction']:.0f} / {100 * theirs['update_fraction']:.0f}) | "
                   f"{theirs['rss']:.0f} / {ours['rss']:.0f} |")
         else:
             print(f"| {label} (peer: transformers generate) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens'] / theirs['seconds']:.0f} | {ours['tokens'] / ours['seconds']:.0f} | "
+                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens'] / theirs['seconds']:.0f} | "
+                  f"{ours['tokens'] / ours['seconds']:.0f} | "
                   f"**{ratio:.2f}x** | | | |")
     if args.output:
         Path(args.output).write_text(json.dumps({"matmul_gflops": peak, "runs": raw}, indent=2) + "\n")

@@ -91,7 +91,8 @@ def test_inverse_cdf_draws_follow_the_model_distribution(llama_dir):
 def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
     # Two prompts of different lengths (left padding), 2 samples each, 6 decode steps on fixed tokens, one row
     # leaving the batch after step 3 and all but one after step 4 (a whole group gone); the tiny models have 4
-    # query heads over 2 key/value heads (GQA), and Qwen2 adds q/k/v biases. Every step's logits must match transformers' forward with its DynamicCache.
+    # query heads over 2 key/value heads (GQA), and Qwen2 adds q/k/v biases. Every step's logits must match
+    # transformers' forward with its DynamicCache.
     from transformers import DynamicCache
 
     from r1zero.rollout import fast_decode
