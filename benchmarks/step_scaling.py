@@ -1,7 +1,7 @@
 """How a GRPO step's time grows with the generation budget and the group size, r1zero and TRL side by side.
 
     pip install trl==1.16.0                       # for the benchmark only
-    python benchmarks/step_scaling.py             # about 15 minutes on 2 cores
+    python benchmarks/step_scaling.py             # about 10 minutes on 2 cores
     python benchmarks/step_scaling.py --steps 3   # quicker, noisier
 
 The ~4M-parameter random Qwen2 of step_vs_trl.py (both sides stop a sample at EOS or </answer>, which it samples
