@@ -65,7 +65,8 @@ def make_qwen2(folder: Path, hidden: int = 256, layers: int = 4) -> Path:
 
     tokenizer = load_tokenizer(SHIPPED_MODEL)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                          tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id)
@@ -195,6 +196,7 @@ def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(shape.group)])
     mask = torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(shape.group)])[:, None]
     result = {"seconds": [], "tokens": [], "hf_seconds": [], "hf_tokens": []}
+    stops = stop_ids(tokenizer)
     generator = torch.Generator().manual_seed(0)
     for index in range(steps + 2):
         started = time.perf_counter()
@@ -204,11 +206,11 @@ def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
         with torch.no_grad():
             output = policy.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0,
                                      top_k=0, top_p=1.0, max_new_tokens=shape.new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer))
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
         theirs = time.perf_counter() - started
         if index >= 2:
             generated = output[:, width:]  # (N, T) padded after each sample's stop token
-            ended = torch.isin(generated, torch.tensor(stop_ids(tokenizer)))
+            ended = torch.isin(generated, torch.tensor(stops))
             before = ended.int().cumsum(dim=1) - ended.int()  # stop tokens strictly before each position
             result["seconds"].append(ours)
             result["tokens"].append(float(sum(len(c) for c in generation.completions)))

@@ -68,14 +68,13 @@ class FastDecoder:
             self.fused.append((qkv_weight, qkv_bias, gate_up))
         self.prompt_keys = [layer.keys.transpose(-1, -2).contiguous() for layer in cache.layers]  # (B, kv, d, P)
         self.prompt_values = [layer.values for layer in cache.layers]  # (B, kv, P, d)
-        prompts = attention_mask.shape[0]
-        self.rows = torch.arange(prompts * group_size, device=attention_mask.device)  # (n,) b * G + sample
+        self.all_rows = attention_mask.shape[0] * group_size  # N: the batch before any row left
+        self.rows = torch.arange(self.all_rows, device=attention_mask.device)  # (n,) b * G + sample
         dtype = self.prompt_values[0].dtype
-        # (B, P) additive: 0 or -inf on the left padding, per prompt; per row: self.row_mask (n, 1, 1, P)
-        self.prompt_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
-            attention_mask == 0, float("-inf"))
-        self.row_mask = self.prompt_mask.repeat_interleave(group_size, dim=0)[:, None, None]  # (n, 1, 1, P)
-        shape = (len(self.rows), self.kv_heads, max_new_tokens, self.head_dim)
+        prompt_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+            attention_mask == 0, float("-inf"))  # (B, P) additive: 0, or -inf on the left padding
+        self.row_mask = prompt_mask.repeat_interleave(group_size, dim=0)[:, None, None]  # (n, 1, 1, P)
+        shape = (self.all_rows, self.kv_heads, max_new_tokens, self.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=attention_mask.device) for _ in self.layers]
         self.values = [torch.zeros_like(keys) for keys in self.keys]  # (n, kv, T, d) the generated tokens' K/V
         self.column = 0  # the next generated column to write
@@ -89,10 +88,10 @@ class FastDecoder:
     def _per_prompt(self, per_row: torch.Tensor) -> torch.Tensor:
         """(n, kv, g, X) rows -> (B, kv, G*g, X): each prompt's rows side by side, zeros for rows that left."""
         n, kv, g, width = per_row.shape
-        if n == len(self.prompt_mask) * self.group_size:  # every row still here, in order
+        if n == self.all_rows:  # every row still here, in order
             slots = per_row
         else:
-            slots = per_row.new_zeros(len(self.prompt_mask) * self.group_size, kv, g, width)
+            slots = per_row.new_zeros(self.all_rows, kv, g, width)
             slots.index_copy_(0, self.rows, per_row)
         return slots.view(-1, self.group_size, kv, g, width).transpose(1, 2).reshape(-1, kv, self.group_size * g,
                                                                                     width)

@@ -11,7 +11,8 @@ from r1zero.models import cache_keyword
 from r1zero.rollout import Generation, fast_decode
 
 
-COMPACT_BELOW = 0.85
+COMPACT_BELOW = 0.85  # fast path: finished rows leave the batch once the live ones are below this share of it
+# (on the 4M Qwen2's rollout, 0.85 was the fastest of 0.6, 0.75, 0.85 and 0.95, by a little)
 
 
 def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: int) -> torch.Tensor:
