@@ -67,6 +67,25 @@ def test_shared_prompt_logprobs_equal_a_full_forward_pass_with_their_gradients(r
     assert len(length_buckets(torch.tensor([3, 3, 4, 4]), 1)) == 2  # 17 against 16
 
 
+def test_prompt_passes_compute_logits_at_the_last_prompt_position_only(llama_dir):
+    """The prompt pass of the log-probabilities and the engine's prefill need one position's logits per prompt;
+    the others would cost B x P x V floats (gigabytes with a 150k vocabulary)."""
+    from r1zero.models import load_tokenizer
+    from r1zero.rollout.transformers_engine import TransformersEngine
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    positions = []  # the sequence length of every input the LM head sees
+    model.lm_head.register_forward_hook(lambda module, inputs, output: positions.append(inputs[0].shape[1]))
+    rollout = pack_rollout([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13]], [[14, 15], [16], [17], [18, 19]], 2, 0,
+                           torch.zeros(4), torch.device("cpu"))
+    rollout.logprobs(model)
+    assert positions[0] == 1  # the prompt pass, 6 positions wide
+    assert positions[1:] == [2]  # then the completions, lengths 2, 1, 1, 2, in one bucket 2 wide
+    positions.clear()
+    TransformersEngine(model.eval(), load_tokenizer(llama_dir)).generate([[3, 4, 5, 6, 7, 8]], 2, 3, 1.0, seeds=[0])
+    assert positions[0] == 1  # the prefill
+
+
 def test_length_packing_by_hand():
     groups = trainer.length_packed(torch.tensor([3, 5, 1, 4, 2, 6]), 10)
     # longest first: [6] alone (2 x 6 > 10); [5, 4] (2 x 5 = 10); [3, 2, 1] (3 x 3 = 9): 25 padded tokens, not 36

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from r1zero.models import cache_keyword
+from r1zero.models import cache_keyword, last_logits_only
 from r1zero.rollout import Generation, fast_decode
 
 
@@ -40,6 +40,7 @@ class TransformersEngine:
         self.stop_token = stop_ids[0] if len(stop_ids) == 1 else None
         self.tail_tokens = len(stop_ids) + 2
         self.cache_argument = cache_keyword(model)
+        self.last_logits_only = last_logits_only(model)  # the prefill needs the last position's logits only
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
                 uniforms: torch.Tensor | None) -> torch.Tensor:
@@ -82,7 +83,8 @@ class TransformersEngine:
 
         cache = DynamicCache()
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=True, **{self.cache_argument: cache}).logits[:, -1]  # (B, V)
+                            use_cache=True, **{self.cache_argument: cache}, **self.last_logits_only
+                            ).logits[:, -1]  # (B, V)
         logits = logits.repeat_interleave(samples_per_prompt, dim=0)  # (N, V)
         decoder = None
         if self.fast_decode and fast_decode.supports(self.model):
