@@ -108,12 +108,19 @@ def step_products(widths: Widths, prompt_lengths: list[int], lengths: list[int])
     return Phases(rollout, scored, scored + backward_products(scored))
 
 
-def replay_seconds(products: list[Product], weights: dict[tuple[int, int], torch.Tensor], repeats: int) -> float:
-    """The best of `repeats` timed runs of `products`, one after another: a random input times the model's weight
-    of that shape (model_weights), or times a random matrix where the product has none (a weight's gradient)."""
-    operands = {(m, k): torch.randn(m, k) for m, k, _ in products}
-    operands.update({(k, n): torch.randn(k, n) for _, k, n in products if (k, n) not in weights})
-    matrices = [(operands[m, k], weights.get((k, n), operands.get((k, n)))) for m, k, n in products]
+def replay_seconds(products: list[Product], weights: dict[tuple[int, int], list[torch.Tensor]],
+                   repeats: int) -> float:
+    """The best of `repeats` timed runs of `products`, one after another: a random input times the model's weights
+    of that shape in turn (model_weights: layer after layer, as a forward pass meets them), or times a random
+    matrix where the product has none (a weight's gradient)."""
+    inputs = {(m, k): torch.randn(m, k) for m, k, _ in products}
+    rights = weights | {(k, n): [torch.randn(k, n)] for _, k, n in products if (k, n) not in weights}
+    used = dict.fromkeys(rights, 0)  # products so far with a right operand of each shape
+    matrices = []
+    for m, k, n in products:
+        choices = rights[k, n]
+        matrices.append((inputs[m, k], choices[used[k, n] % len(choices)]))
+        used[k, n] += 1
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
@@ -123,20 +130,21 @@ def replay_seconds(products: list[Product], weights: dict[tuple[int, int], torch
     return best
 
 
-def model_weights(model) -> dict[tuple[int, int], torch.Tensor]:
-    """(K, N) -> a weight of the model as an (K, N) operand: each linear layer's transposed weight (the layout
-    F.linear multiplies by) and its plain one (the backward's), fused q/k/v and gate/up included."""
-    weights = {}
+def model_weights(model) -> dict[tuple[int, int], list[torch.Tensor]]:
+    """(K, N) -> the model's weights of that shape as (K, N) operands, in the order a forward pass meets them: each
+    linear layer's transposed weight (the layout F.linear multiplies by) and its plain one (the backward's), fused
+    q/k/v and gate/up included."""
+    weights: dict[tuple[int, int], list[torch.Tensor]] = {}
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            weights[module.in_features, module.out_features] = module.weight.detach().t()
-            weights[module.out_features, module.in_features] = module.weight.detach()
+            weights.setdefault((module.in_features, module.out_features), []).append(module.weight.detach().t())
+            weights.setdefault((module.out_features, module.in_features), []).append(module.weight.detach())
     for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]).detach()
         gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-        weights[qkv.shape[1], qkv.shape[0]] = qkv.t()
-        weights[gate_up.shape[1], gate_up.shape[0]] = gate_up.t()
+        weights.setdefault((qkv.shape[1], qkv.shape[0]), []).append(qkv.t())
+        weights.setdefault((gate_up.shape[1], gate_up.shape[0]), []).append(gate_up.t())
     return weights
 
 

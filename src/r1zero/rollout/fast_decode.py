@@ -72,7 +72,7 @@ class FastDecoder:
             gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2I, H)
             self.fused.append((qkv_weight, qkv_bias, gate_up))
         self.prompt_keys = [layer.keys.transpose(-1, -2).contiguous() for layer in cache.layers]  # (B, kv, d, P)
-        self.prompt_values = [layer.values for layer in cache.layers]  # (B, kv, P, d)
+        self.prompt_values = [layer.values.contiguous() for layer in cache.layers]  # (B, kv, P, d)
         prompts, width = attention_mask.shape  # B, P
         self.all_rows = prompts * group_size  # N: the batch before any row left
         self.rows = torch.arange(self.all_rows, device=attention_mask.device)  # (n,) b * G + sample
