@@ -1,6 +1,6 @@
 """How far r1zero's GRPO step is from what this machine's matrix products allow: a floor measured, not guessed.
 
-    python benchmarks/step_floor.py               # about 2 minutes on 2 cores
+    python benchmarks/step_floor.py               # about 3 minutes on 2 cores
     python benchmarks/step_floor.py --steps 3     # quicker, noisier
 
 The step of step_vs_trl.py on its ~4M-parameter Qwen2 (8 prompts x 8 samples, at most 64 new tokens,
