@@ -80,19 +80,23 @@ def load_model(path: Path, dtype: str, device: torch.device, trainable: bool = T
     return model
 
 
-def cache_keyword(model) -> str:
-    """transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both (a peft model passes
-    its keyword arguments through to the model it wraps)."""
+def forward_takes(model, argument: str) -> bool:
+    """Whether the model's forward has a parameter named `argument` (a peft model passes its keyword arguments
+    through to the model it wraps, so that model's forward decides)."""
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return argument in inspect.signature(model.forward).parameters
+
+
+def cache_keyword(model) -> str:
+    """transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both."""
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def last_logits_only(model) -> dict:
     """The forward argument that makes a causal LM compute logits at the last position only ({"logits_to_keep":
     1}), or {} for a model without it. A prompt pass needs no other: with a 150k-token vocabulary the logits of 8
     prompts of 500 tokens would take 2.4 GB in float32."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
 
 
 BUCKET_COST = 64  # what one more bucket of completions costs, in padded positions (shared_prompt_forward);
