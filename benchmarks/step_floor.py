@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from step_vs_trl import GROUP, NEW_TOKENS, matmul_gflops, make_qwen2, prompts_text
 
@@ -170,6 +169,7 @@ def measure_steps(path: Path, steps: int, repeats: int) -> list[dict]:
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text()]
     widths, shuffling = Widths.of(policy.config), torch.Generator().manual_seed(0)
+    weights = model_weights(policy)  # views of the weights the optimiser updates in place, and the fused copies
     results = []
     for step in range(steps + 1):
         timed = {}
@@ -190,12 +190,11 @@ def measure_steps(path: Path, steps: int, repeats: int) -> list[dict]:
         plan = update_plan(rollout.completion_mask.sum(dim=1).long(), config, shuffling, cpu)
         update_policy(policy, optimizer, rollout, config, plan)
         timed["update"] = time.perf_counter() - started
-        phases = step_products(widths, [len(p) for p in prompts], lengths)
-        weights = model_weights(policy)
-        floor = {name: replay_seconds(products, weights, repeats) for name, products in phases._asdict().items()}
+        phases = step_products(widths, [len(p) for p in prompts], lengths)._asdict()
+        floor = {name: replay_seconds(products, weights, repeats) for name, products in phases.items()}
         if step:  # the first step warms up
             results.append({"r1zero": timed, "floor": floor, "tokens": sum(lengths),
-                            "product_flops": {name: flops(products) for name, products in phases._asdict().items()}})
+                            "product_flops": {name: flops(products) for name, products in phases.items()}})
     return results
 
 
