@@ -157,7 +157,8 @@ def measure_steps(path: Path, steps: int, repeats: int) -> list[dict]:
     from r1zero.models import load_model, load_tokenizer
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.templates import STOP_STRING
-    from r1zero.trainer import pack_rollout, reference_logprobs, update_plan, update_policy
+    from r1zero.update import (Rollout, UpdateSettings, pack_sequences, reference_logprobs, update_plan,
+                               update_policy)
 
     tokenizer = load_tokenizer(path)
     cpu = torch.device("cpu")
@@ -165,6 +166,7 @@ def measure_steps(path: Path, steps: int, repeats: int) -> list[dict]:
     reference = load_model(path, "float32", cpu, trainable=False)
     config = TrainConfig(model=str(path), group_size=GROUP, max_new_tokens=NEW_TOKENS, kl_coef=0.04,
                          learning_rate=1e-6, microbatch_tokens=4096)
+    settings = UpdateSettings.from_config(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text()]
@@ -182,13 +184,14 @@ def measure_steps(path: Path, steps: int, repeats: int) -> list[dict]:
         timed["rollout"] = time.perf_counter() - started
         lengths = [len(completion) for completion in generation.completions]
         advantages = torch.randn(len(lengths), generator=torch.Generator().manual_seed(step))  # (N,)
-        rollout = pack_rollout(prompts, generation.completions, GROUP, engine.pad_id, advantages, cpu)
+        sequences = pack_sequences(prompts, generation.completions, GROUP, engine.pad_id, cpu)
         started = time.perf_counter()
-        rollout.ref_logprobs = reference_logprobs(policy, reference, rollout, len(lengths))
+        ref_logprobs = reference_logprobs(policy, reference, sequences, len(lengths))
         timed["reference"] = time.perf_counter() - started
+        rollout = Rollout.of(sequences, advantages=advantages, ref_logprobs=ref_logprobs)
         started = time.perf_counter()
-        plan = update_plan(rollout.completion_mask.sum(dim=1).long(), config, shuffling, cpu)
-        update_policy(policy, optimizer, rollout, config, plan)
+        plan = update_plan(rollout.lengths(), settings, shuffling, cpu)
+        update_policy(policy, optimizer, rollout, plan, settings)
         timed["update"] = time.perf_counter() - started
         phases = step_products(widths, [len(p) for p in prompts], lengths)._asdict()
         floor = {name: replay_seconds(products, weights, repeats) for name, products in phases.items()}

@@ -61,7 +61,7 @@ def make_qwen2(folder: Path, hidden: int = 256, layers: int = 4) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1zero.models import load_tokenizer
-    from r1zero.pretrain import SHIPPED_MODEL
+    from r1zero.models import SHIPPED_MODEL
 
     tokenizer = load_tokenizer(SHIPPED_MODEL)
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ import pytest
 
 from r1zero.cli import main
 from r1zero.config import ConfigError, TrainConfig
+from r1zero.preflight import check_settings
 from r1zero.trainer import train
 
 GOOD_ROWS = [{"prompt": f"What is {a} + {a}", "answer": str(2 * a)} for a in range(1, 11)]
@@ -170,7 +171,7 @@ def test_resume_refuses_settings_that_would_make_another_run(run, capsys):
 ])
 def test_settings_that_cannot_work_are_refused(llama_dir, settings, messages):
     with pytest.raises(ConfigError) as error:
-        TrainConfig(model=str(llama_dir), **settings).validate()
+        check_settings(TrainConfig(model=str(llama_dir), **settings))
     for message in messages:
         assert message in str(error.value)
 

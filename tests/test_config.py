@@ -6,6 +6,7 @@ import pytest
 
 from r1zero.cli import build_parser, main
 from r1zero.config import ConfigError, TrainConfig, field_docs, load_config, parse_value
+from r1zero.preflight import check_settings
 
 
 def test_every_setting_has_a_docstring():
@@ -57,7 +58,7 @@ def test_bad_recipes_name_the_problem(tmp_path, yaml_text, message):
 ])
 def test_validation_explains_what_is_valid(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        TrainConfig(**overrides).validate()
+        check_settings(TrainConfig(**overrides))  # the values, and the files they name
 
 
 def test_check_flag_validates_and_exits_without_training(capsys):

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from r1zero.checkpoint import latest_checkpoint, load_checkpoint
 from r1zero.critic import ValueModel
-from r1zero.trainer import pack_rollout, train
+from r1zero.trainer import train
+from r1zero.update import pack_rollout
 
 
 def test_value_model_reads_the_state_before_each_token(llama_dir):

@@ -17,7 +17,8 @@ from r1zero.config import TrainConfig
 from r1zero.example import Example
 from r1zero.models import load_tokenizer
 from r1zero.rewards import RewardScorer, ScoringPool
-from r1zero.trainer import pack_rollout, train, update_plan, update_policy
+from r1zero.trainer import train
+from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
 
@@ -40,8 +41,9 @@ def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
         config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, kl_coef=0.1, max_new_tokens=6,
                              loss_aggregation=aggregation, max_grad_norm=0.0)
-        metrics = update_policy(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, config, plan, parallel)
-        results[aggregation] = (torch.cat([p.detach().flatten() for p in model.parameters()]), metrics["loss"])
+        stats = update_policy(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, plan,
+                              UpdateSettings.from_config(config), parallel)
+        results[aggregation] = (torch.cat([p.detach().flatten() for p in model.parameters()]), stats.loss)
     return results
 
 
@@ -68,10 +70,9 @@ def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama
     torch.manual_seed(0)
     completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4, 2, 6)]
     rollout = pack_rollout([[3, 4, 5], [6, 7]], completions, 3, 0, torch.tensor([1.0, -0.5, 0.2, -1.0, 0.7, 0.1]),
-                           torch.device("cpu"))
-    rollout.ref_logprobs = -torch.rand(rollout.completion_mask.shape, dtype=torch.float64)  # a KL term too
+                           torch.device("cpu"), ref_logprobs=-torch.rand(6, 6, dtype=torch.float64))  # a KL term too
     config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, max_new_tokens=6)
-    plan = update_plan(rollout.completion_mask.sum(dim=1).long(), config, torch.Generator(), torch.device("cpu"))
+    plan = update_plan(rollout.lengths(), UpdateSettings.from_config(config), torch.Generator(), torch.device("cpu"))
     aggregations = ("sequence", "token", "constant")
     single = aggregation_updates(str(llama_dir), rollout, plan, aggregations)
     port = free_port()

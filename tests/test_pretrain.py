@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from r1zero.pretrain import (SHIPPED_MODEL, assert_no_held_out_problem, build_corpus, build_tokenizer,
-                             reduction_chain)
+from r1zero.models import SHIPPED_MODEL
+from r1zero.pretrain import assert_no_held_out_problem, build_corpus, build_tokenizer, reduction_chain
 from r1zero.tasks import sums
 
 

@@ -10,8 +10,8 @@ from r1zero.config import TrainConfig
 from r1zero.rewards import REWARD_FUNCTIONS
 from r1zero.algorithms import token_logprobs
 from r1zero.models import full_sequence_logprobs, length_buckets, shared_prompt_forward
-from r1zero import trainer
-from r1zero.trainer import pack_rollout, train, update_plan, update_policy
+from r1zero.trainer import train
+from r1zero.update import UpdateSettings, length_packed, pack_rollout, update_plan, update_policy
 
 
 def test_pack_rollout_left_pads_prompts_and_right_pads_completions():
@@ -87,15 +87,15 @@ def test_prompt_passes_compute_logits_at_the_last_prompt_position_only(llama_dir
 
 
 def test_length_packing_by_hand():
-    groups = trainer.length_packed(torch.tensor([3, 5, 1, 4, 2, 6]), 10)
+    groups = length_packed(torch.tensor([3, 5, 1, 4, 2, 6]), 10)
     # longest first: [6] alone (2 x 6 > 10); [5, 4] (2 x 5 = 10); [3, 2, 1] (3 x 3 = 9): 25 padded tokens, not 36
     assert [g.tolist() for g in groups] == [[5], [1, 3], [0, 4, 2]]
-    assert [g.tolist() for g in trainer.length_packed(torch.tensor([2, 1, 2]), 10)] == [[0, 1, 2]]  # fits: as is
+    assert [g.tolist() for g in length_packed(torch.tensor([2, 1, 2]), 10)] == [[0, 1, 2]]  # fits: as is
 
 
 def test_trimmed_rollout_drops_only_padding():
-    rollout = pack_rollout([[3, 4]], [[5, 6], [7]], 2, 0, torch.tensor([1.0, -1.0]), torch.device("cpu"))
-    rollout.old_logprobs = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]])
+    rollout = pack_rollout([[3, 4]], [[5, 6], [7]], 2, 0, torch.tensor([1.0, -1.0]), torch.device("cpu"),
+                           old_logprobs=torch.tensor([[-1.0, -2.0], [-3.0, 0.0]]))
     short = rollout.rows(torch.tensor([1])).trimmed()
     assert short.completion_ids.tolist() == [[7]] and short.old_logprobs.tolist() == [[-3.0]]
     assert short.advantages.tolist() == [-1.0] and short.group_index.tolist() == [0]
@@ -110,8 +110,7 @@ def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
     prompts = [[3, 4, 5], [6, 7]]
     completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4, 2, 6)]
     rollout = pack_rollout(prompts, completions, 3, 0, torch.tensor([1.0, -0.5, 0.2, -1.0, 0.7, 0.1]),
-                           torch.device("cpu"))
-    rollout.ref_logprobs = -torch.rand(rollout.completion_mask.shape)  # a KL term too (k3, beta 0.1)
+                           torch.device("cpu"), ref_logprobs=-torch.rand(6, 6, dtype=torch.float64))  # k3, beta 0.1
     results = []
     # micro-batches of 1 and 3 rows, and length-packed ones of at most 10 padded tokens: [6], [5, 4], [3, 2, 1]
     for microbatch, microbatch_tokens in ((0, 0), (1, 0), (3, 0), (0, 10)):
@@ -120,11 +119,11 @@ def test_micro_batching_does_not_change_the_update(llama_dir, aggregation):
                              microbatch_tokens=microbatch_tokens, loss_aggregation=aggregation, max_new_tokens=6,
                              max_grad_norm=0.0)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        rollout.ref_logprobs = rollout.ref_logprobs.double()
         lengths = rollout.completion_mask.sum(dim=1).long()
-        plan = update_plan(lengths, config, torch.Generator().manual_seed(0), torch.device("cpu"))
-        metrics = update_policy(model, optimizer, rollout, config, plan)
-        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics["loss"]))
+        settings = UpdateSettings.from_config(config)
+        plan = update_plan(lengths, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
+        stats = update_policy(model, optimizer, rollout, plan, settings)
+        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), stats.loss))
     # Rows of one group share their prompt's KV cache inside a micro-batch but not across micro-batches. In
     # float64 that moves the value-projection gradients by ~1e-7 relative (the full-sequence path agrees to 1e-15;
     # the source of the float32-sized difference inside transformers' cached attention is not yet identified).
@@ -210,11 +209,11 @@ GRADIENT_HASHES = """
 import hashlib, torch
 from transformers import AutoModelForCausalLM
 from r1zero.models import load_tokenizer, shared_prompt_forward
-from r1zero.pretrain import SHIPPED_MODEL
+from r1zero.models import SHIPPED_MODEL
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.tasks import sums
 from r1zero.templates import build_prompt
-from r1zero.trainer import pack_rollout
+from r1zero.update import pack_rollout
 
 torch.set_num_threads(2)
 model = AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL)

@@ -1,5 +1,5 @@
-"""The pure math of R1-Zero training: advantages, log-probabilities, the clipped policy loss,
-KL estimators, loss aggregation weights and pass@k.
+"""The pure math of R1-Zero training: advantages, log-probabilities, the policy losses (PPO's clip, GSPO,
+CISPO), KL estimators, loss aggregation weights and pass@k.
 
     from r1zero.algorithms import ADVANTAGE_ESTIMATORS, lookup
     advantages = lookup(ADVANTAGE_ESTIMATORS, "grpo", "advantage estimator")(rewards, 1e-6)
@@ -191,6 +191,15 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
     return ValueLoss(0.5 * torch.maximum(unclipped, clipped), clipped > unclipped)
 
 
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over real tokens: how much of the returns' spread the critic
+    predicts. 1 is a perfect critic, 0 no better than a constant, negative worse; NaN when the returns do not
+    vary. values, returns, mask: (N, T)."""
+    residual = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+    spread = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    return float(1 - residual / spread) if spread > 0 else float("nan")
+
+
 def outcome_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
     """Put each sequence's scalar reward (N,) on its last real token: (N, T), 0 elsewhere. A row with no
     tokens gets nothing (no position to hold it)."""
@@ -269,11 +278,12 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 class PolicyLoss(NamedTuple):
-    """What `clipped_surrogate_loss` returns; every field is (N, T), padding included."""
+    """What every policy loss returns (`clipped_surrogate_loss`, POLICY_LOSSES); every field is (N, T), padding
+    included."""
 
     per_token_loss: Tensor  # (N, T) loss of each token; aggregate with loss aggregation weights
     ratio: Tensor  # (N, T) pi / pi_old, still attached to the graph (detach it to log it)
-    is_clipped: Tensor  # (N, T) bool: clipping zeroed this token's gradient (see the docstring)
+    is_clipped: Tensor  # (N, T) bool: clipping changed this token's term (PPO, GSPO: its gradient is zero)
 
 
 def clipped_surrogate_loss(
@@ -308,6 +318,78 @@ def clipped_surrogate_loss(
     per_token_loss = -torch.minimum(unclipped, clipped)  # (N, T)
     is_clipped = clipped < unclipped  # (N, T)
     return PolicyLoss(per_token_loss=per_token_loss, ratio=ratio, is_clipped=is_clipped)
+
+
+# The policy losses of the `--policy-loss` setting. One signature for all:
+#   (logprobs (N, T), old_logprobs (N, T), advantages (N,) or (N, T), mask (N, T), clip_low, clip_high) -> PolicyLoss
+# The per-token loss is then weighted by a loss aggregation (below), like every other token term. A sequence-level
+# loss (GSPO) puts each response's loss on every one of its tokens, so that the "sequence" aggregation (a mean
+# over each response's tokens, then over responses) counts it once per response.
+PolicyLossFunction = Callable[[Tensor, Tensor, Tensor, Tensor, float, float], PolicyLoss]
+
+
+def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
+                  clip_high: float) -> PolicyLoss:
+    """PPO's clipped surrogate per token, `clipped_surrogate_loss` (GRPO, DAPO's clip-higher): the default.
+    mask is unused (shared signature): the aggregation weights leave padding out."""
+    return clipped_surrogate_loss(logprobs, old_logprobs, advantages, clip_low, clip_high)
+
+
+def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
+              clip_high: float) -> PolicyLoss:
+    """GSPO, Group Sequence Policy Optimization (Zheng et al. 2025, arXiv 2507.18071): one importance ratio per
+    response, the geometric mean of its tokens' ratios, clipped at the sequence level:
+
+        s_i    = exp( (1 / |o_i|) * sum_t (log pi(o_it) - log pi_old(o_it)) )
+        loss_i = -min(s_i * A_i, clip(s_i, 1 - clip_low, 1 + clip_high) * A_i)
+
+    Written in the paper's GSPO-token form, s_it = sg(s_i) * pi(o_it) / sg(pi(o_it)), whose value is s_i on every
+    token of response i and whose gradient is s_i * grad log pi(o_it); with one advantage per response and the
+    "sequence" aggregation it is GSPO itself: grad J = mean_i s_i A_i (1 / |o_i|) sum_t grad log pi(o_it) over the
+    responses whose clip is not active. The paper's clip ranges are tiny (3e-4 below, 4e-4 above), since a
+    length-normalised ratio moves far less than a token's. advantages (N,) or (N, T) (per-token advantages give
+    GSPO-token). ratio and is_clipped hold each response's value on all its tokens.
+    """
+    if clip_low < 0.0 or clip_high < 0.0:
+        raise ValueError(f"gspo_loss needs clip_low >= 0 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (N, 1), broadcasts over T
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (N, 1)
+    log_sequence_ratio = ((logprobs - old_logprobs) * mask).sum(dim=1, keepdim=True) / lengths  # (N, 1)
+    token_ratio = torch.exp(log_sequence_ratio.detach() + logprobs - logprobs.detach())  # (N, T) value s_i
+    unclipped = token_ratio * advantages  # (N, T)
+    clipped = torch.clamp(token_ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages  # (N, T)
+    return PolicyLoss(per_token_loss=-torch.minimum(unclipped, clipped), ratio=token_ratio,
+                      is_clipped=clipped < unclipped)
+
+
+def cispo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
+               clip_high: float) -> PolicyLoss:
+    """CISPO, Clipped IS-weight Policy Optimization (MiniMax-M1, arXiv 2506.13585, eq. 4-5): REINFORCE weighted
+    by the importance ratio, the ratio clipped and detached, so clipping bounds a token's weight but never drops
+    its gradient:
+
+        r_t    = pi(o_t) / pi_old(o_t)
+        loss_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A * log pi(o_t)
+
+    PPO's clip zeroes the gradient of a token whose ratio left the range in the direction of its advantage (often
+    a rare "fork" token such as "However" or "Wait" after its first update); here that token still pushes with
+    weight 1 + clip_high. MiniMax-M1 sets no lower bound (clip_low 1: the weight never falls below 0) and tunes
+    only the upper one. is_clipped marks the tokens whose weight was truncated (their gradient is kept).
+    mask is unused (shared signature). The loss's value is not PPO's (it is -A * log pi at ratio 1), its gradient
+    at ratio 1 is: -A * grad log pi.
+    """
+    if not 0.0 <= clip_low <= 1.0 or clip_high < 0.0:
+        raise ValueError(f"cispo_loss needs 0 <= clip_low <= 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)  # (N, 1), broadcasts over T
+    ratio = torch.exp(logprobs - old_logprobs)  # (N, T)
+    weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high).detach()  # (N, T)
+    is_clipped = (ratio.detach() != weight)  # (N, T)
+    return PolicyLoss(per_token_loss=-weight * advantages * logprobs, ratio=ratio, is_clipped=is_clipped)
+
+
+POLICY_LOSSES: dict[str, PolicyLossFunction] = {"ppo_clip": ppo_clip_loss, "gspo": gspo_loss, "cispo": cispo_loss}
 
 
 # ----------------------------------------------------------------------------- KL estimators

@@ -93,13 +93,14 @@ def command_eval(args: argparse.Namespace) -> int:
 
     from r1zero.evaluation import evaluate, plain_metrics
     from r1zero.models import load_model, load_tokenizer, resolve_device, resolve_model_path
+    from r1zero.preflight import check_settings
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.tasks import load_problems
-    from r1zero.templates import STOP_STRING, build_prompt
+    from r1zero.templates import STOP_STRING, encode_prompts
 
     task = args.task or "sums"
-    probe = TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None, eval_samples=args.samples)
-    probe.validate()
+    check_settings(TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None,
+                               eval_samples=args.samples))
     data = dict(prompt_field=args.prompt_field, answer_field=args.answer_field, answer_format=args.answer_format,
                 dataset_reward=args.dataset_reward)
     problems = load_problems(task, None, args.dataset, args.problems, args.seed) if args.dataset is None \
@@ -108,8 +109,7 @@ def command_eval(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(path)
     model = load_model(path, "float32", resolve_device(args.device), trainable=False)
     engine = TransformersEngine(model, tokenizer, STOP_STRING)
-    prompts = [tokenizer(build_prompt(e.prompt, args.template, tokenizer), add_special_tokens=False)["input_ids"]
-               for e in problems.held_out]
+    prompts = encode_prompts([example.prompt for example in problems.held_out], args.template, tokenizer)
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     evaluation = evaluate(engine, tokenizer, prompts, problems.held_out, problems.accuracy_reward, args.samples,
                           args.temperature, args.max_new_tokens, generator)

@@ -3,7 +3,8 @@
     r1zero train --config recipes/r1_zero.yaml --learning-rate 1e-6
 
 `TrainConfig` is the single source: each field's docstring (read from this file's source) is its CLI help,
-YAML recipes set fields by name, and `validate()` checks everything before any model is loaded.
+YAML recipes set fields by name, and `validate()` checks every value (r1zero.preflight adds the checks that
+read files) before any model is loaded.
 Precedence: defaults < recipe YAML < command-line flags.
 """
 
@@ -106,10 +107,16 @@ class TrainConfig:
     loss_aggregation: str = "sequence"
     """How token losses become one number: sequence (mean per response, then over responses: GRPO), token (mean
     over all tokens: DAPO), constant (sum / max_new_tokens, then mean over responses: Dr. GRPO)."""
+    policy_loss: str = "ppo_clip"
+    """The policy's surrogate (r1zero.algorithms.POLICY_LOSSES): ppo_clip (PPO's clipped ratio per token: GRPO,
+    DAPO), gspo (one length-normalised ratio per response, clipped per response: GSPO; its paper clips at
+    3e-4 / 4e-4, see recipes/gspo.yaml) or cispo (REINFORCE weighted by the clipped, detached ratio, so no token
+    loses its gradient: MiniMax-M1's CISPO; clip_low 1 sets no lower bound, see recipes/cispo.yaml). With one
+    update per batch and one minibatch the ratio is 1 and all three give the same gradient."""
     clip_low: float = 0.2
-    """PPO clip below: the ratio is clipped at 1 - clip_low."""
+    """Clip below: the ratio (PPO, GSPO) or the importance weight (CISPO) is clipped at 1 - clip_low."""
     clip_high: float = 0.2
-    """PPO clip above: the ratio is clipped at 1 + clip_high. DAPO's clip-higher uses 0.28."""
+    """Clip above: at 1 + clip_high. DAPO's clip-higher uses 0.28."""
     kl_coef: float = 0.0
     """beta, weight of the KL penalty to the frozen reference model. 0 loads no reference model (saves one
     forward pass and a copy of the weights). R1-Zero used 0.001."""
@@ -257,77 +264,56 @@ class TrainConfig:
     # -------------------------------------------------------------------------------------------------
 
     def validate(self) -> list[str]:
-        """Check every setting before anything is loaded; raise ConfigError listing all problems.
+        """Check every value; raise ConfigError listing all problems. Returns warnings: settings that are valid
+        but have no effect together (`warnings`). Files are not read here: r1zero.preflight.check_settings adds
+        the checks that read them (model folder, context length, data files, your own rewards)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+        return self.warnings()
 
-        Returns warnings: settings that are valid but have no effect together (e.g. a kl_estimator other than
-        the default while kl_coef is 0). A setting's value cannot tell whether it was given explicitly, so a
-        non-default value counts as given, and these only warn (a recipe may set a value another run disables).
-        """
-        from r1zero.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
-        from r1zero.models import context_length
-        from r1zero.pretrain import SHIPPED_MODEL
-        from r1zero.rewards import ACCURACY, REWARD_FUNCTIONS
-        from r1zero.rewards.custom import is_custom_reward_name, load_reward_function
+    def problems(self) -> list[str]:
+        """What is wrong with the values, one message per problem naming the setting and what would be valid."""
+        return [*self._choice_problems(), *self._range_problems(), *self._batch_problems(),
+                *self._algorithm_problems(), *self._reward_problems(), *self._scale_problems()]
+
+    def _choice_problems(self) -> list[str]:
+        """Settings that name one of a fixed set of choices."""
+        from r1zero.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
         from r1zero.tasks import TASKS
         from r1zero.tasks.data import ANSWER_FORMATS, DATASET_REWARDS
         from r1zero.templates import TEMPLATES
 
-        problems = []
+        choices = {"advantage": [*ADVANTAGE_ESTIMATORS, "gae"], "loss_aggregation": LOSS_AGGREGATIONS,
+                   "policy_loss": POLICY_LOSSES, "kl_estimator": KL_ESTIMATORS, "kl_penalty": ("loss", "reward"),
+                   "template": TEMPLATES, "dtype": ("float32", "bfloat16", "float16"),
+                   **({"task": TASKS} if self.dataset is None else {}), "answer_format": ANSWER_FORMATS,
+                   "dataset_reward": DATASET_REWARDS}
+        return [f"{name}: '{getattr(self, name)}' is not one of {', '.join(sorted(valid))}"
+                for name, valid in choices.items() if getattr(self, name) not in valid]
 
-        def choice(name: str, valid) -> None:
-            value = getattr(self, name)
-            if value not in valid:
-                problems.append(f"{name}: '{value}' is not one of {', '.join(sorted(valid))}")
-
-        def positive(*names: str) -> None:
-            for name in names:
-                if getattr(self, name) <= 0:
-                    problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
-
-        choice("advantage", [*ADVANTAGE_ESTIMATORS, "gae"])
-        choice("loss_aggregation", LOSS_AGGREGATIONS)
-        choice("kl_estimator", KL_ESTIMATORS)
-        choice("kl_penalty", ("loss", "reward"))
-        choice("template", TEMPLATES)
-        choice("dtype", ("float32", "bfloat16", "float16"))
-        if self.dataset is None:
-            choice("task", TASKS)
-        choice("answer_format", ANSWER_FORMATS)
-        choice("dataset_reward", DATASET_REWARDS)
-        positive("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch", "eval_problems",
-                 "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps")
-        positive("critic_learning_rate", "max_sampling_rounds", "lora_alpha")
-        for name in ("gae_gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                problems.append(f"{name}: must be between 0 and 1, got {getattr(self, name)}")
+    def _range_problems(self) -> list[str]:
+        """Numbers that must be positive, non-negative or within a range."""
+        positive = ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch",
+                    "eval_problems", "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps",
+                    "critic_learning_rate", "max_sampling_rounds", "lora_alpha", "reward_timeout_seconds",
+                    "code_test_timeout_seconds")
+        non_negative = ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
+                        "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds",
+                        "value_clip", "critic_warmup_steps", "lora_rank", "overlong_buffer",
+                        "overlong_penalty_factor", "temperature", "kl_coef")
+        problems = [f"{name}: must be > 0, got {getattr(self, name)}" for name in positive if getattr(self, name) <= 0]
+        problems += [f"{name}: must be >= 0, got {getattr(self, name)}" for name in non_negative
+                     if getattr(self, name) < 0]
+        problems += [f"{name}: must be between 0 and 1, got {getattr(self, name)}" for name in ("gae_gamma", "gae_lambda")
+                     if not 0 <= getattr(self, name) <= 1]
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
-        if self.lora_rank and not self.lora_target_modules:
-            problems.append("lora_target_modules: give at least one module name (e.g. q_proj,v_proj) or all-linear")
-        if self.overlong_buffer > self.max_new_tokens:
-            problems.append(f"overlong_buffer: {self.overlong_buffer} is longer than max_new_tokens "
-                            f"{self.max_new_tokens}; valid: 0 (off) to {self.max_new_tokens}")
-        if self.dynamic_sampling and self.group_size < 2:
-            problems.append("dynamic_sampling: keeps groups whose rewards differ, so it needs group_size >= 2")
-        if self.kl_penalty == "reward" and self.advantage != "gae":
-            problems.append(f"kl_penalty: 'reward' puts the KL into per-token rewards, which only the gae advantage "
-                            f"uses ({self.advantage} sees one reward per response); use kl_penalty loss, or "
-                            f"advantage gae")
-        for name in ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
-                     "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds", "value_clip",
-                     "critic_warmup_steps", "lora_rank", "overlong_buffer", "overlong_penalty_factor"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.temperature < 0:
-            problems.append(f"temperature: must be >= 0, got {self.temperature}")
-        if self.group_size < 2 and self.advantage in ("grpo", "rloo", "dr_grpo"):
-            problems.append(f"group_size: the {self.advantage} advantage compares samples of a group, so it needs "
-                            f"group_size >= 2, got {self.group_size}")
-        if self.kl_coef < 0:
-            problems.append(f"kl_coef: must be >= 0, got {self.kl_coef}")
-        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
-            problems.append(f"clip_low/clip_high: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, "
-                            f"{self.clip_high}")
+        return problems
+
+    def _batch_problems(self) -> list[str]:
+        """How the batch divides into minibatches and micro-batches."""
+        problems = []
         batch = self.prompts_per_step * self.group_size
         minibatch = self.minibatch_size or batch
         if batch % minibatch:
@@ -336,29 +322,62 @@ class TrainConfig:
         if self.microbatch_size and minibatch % self.microbatch_size:
             problems.append(f"microbatch_size: {self.microbatch_size} does not divide minibatch_size {minibatch}; "
                             f"valid: a divisor of {minibatch} (or 0)")
-        if self.temperature == 0 and self.advantage in ("grpo", "rloo", "dr_grpo"):
+        if self.overlong_buffer > self.max_new_tokens:
+            problems.append(f"overlong_buffer: {self.overlong_buffer} is longer than max_new_tokens "
+                            f"{self.max_new_tokens}; valid: 0 (off) to {self.max_new_tokens}")
+        return problems
+
+    def _algorithm_problems(self) -> list[str]:
+        """Combinations of algorithm settings that cannot work."""
+        problems = []
+        group_estimators = ("grpo", "rloo", "dr_grpo")
+        if self.group_size < 2 and self.advantage in group_estimators:
+            problems.append(f"group_size: the {self.advantage} advantage compares samples of a group, so it needs "
+                            f"group_size >= 2, got {self.group_size}")
+        if self.temperature == 0 and self.advantage in group_estimators:
             problems.append(f"temperature: 0 samples greedily, so the {self.group_size} samples of a group are "
                             f"identical, every {self.advantage} advantage is 0 and nothing is learned; use a "
                             f"temperature > 0 (R1-Zero used 1.0)")
-        if not self.reward_weights:
-            problems.append("reward_weights: at least one reward component is needed, e.g. accuracy=1,format=0.5")
+        if self.dynamic_sampling and self.group_size < 2:
+            problems.append("dynamic_sampling: keeps groups whose rewards differ, so it needs group_size >= 2")
+        if self.kl_penalty == "reward" and self.advantage != "gae":
+            problems.append(f"kl_penalty: 'reward' puts the KL into per-token rewards, which only the gae advantage "
+                            f"uses ({self.advantage} sees one reward per response); use kl_penalty loss, or "
+                            f"advantage gae")
+        cispo = self.policy_loss == "cispo"  # CISPO's clip_low may be 1: no lower bound on the weight
+        if self.clip_low < 0 or self.clip_low > 1 or (self.clip_low == 1 and not cispo) or self.clip_high < 0:
+            bound = "<= 1 (1: no lower bound)" if cispo else "< 1"
+            problems.append(f"clip_low/clip_high: need 0 <= clip_low {bound} and clip_high >= 0, got {self.clip_low}, "
+                            f"{self.clip_high}")
+        if self.lora_rank and not self.lora_target_modules:
+            problems.append("lora_target_modules: give at least one module name (e.g. q_proj,v_proj) or all-linear")
+        return problems
+
+    def _reward_problems(self) -> list[str]:
+        """Reward names and weights (whether your own reward files load is checked by preflight)."""
+        from r1zero.rewards import ACCURACY, REWARD_FUNCTIONS
+        from r1zero.rewards.custom import is_custom_reward_name
+
+        problems = [] if self.reward_weights else [
+            "reward_weights: at least one reward component is needed, e.g. accuracy=1,format=0.5"]
         valid_rewards = [ACCURACY, *REWARD_FUNCTIONS]
         for name, weight in self.reward_weights.items():
-            if is_custom_reward_name(name):  # "file.py:function" or "module:function": it must load
-                try:
-                    load_reward_function(name)
-                except ValueError as error:
-                    problems.append(f"reward_weights: {error}")
-            elif name not in valid_rewards:
+            if not is_custom_reward_name(name) and name not in valid_rewards:
                 problems.append(f"reward_weights: unknown reward '{name}'; valid names: {', '.join(valid_rewards)}, "
                                 f"or your own as path/to/file.py:function or package.module:function")
             if not math.isfinite(weight):
                 problems.append(f"reward_weights: the weight of '{name}' is {weight}; give a finite number")
-        for path_setting in ("dataset", "eval_dataset"):
-            path = getattr(self, path_setting)
-            if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
-                problems.append(f"{path_setting}: file not found: {path}")
-        positive("reward_timeout_seconds", "code_test_timeout_seconds")
+        if self.code_test_timeout_seconds > self.reward_timeout_seconds - 1:
+            problems.append(f"code_test_timeout_seconds: {self.code_test_timeout_seconds} leaves no time for a "
+                            f"second test within reward_timeout_seconds {self.reward_timeout_seconds} minus 1 s of "
+                            f"start-up; valid: at most {self.reward_timeout_seconds - 1}")
+        if self.eval_dataset is not None and self.dataset is None:
+            problems.append("eval_dataset: only used together with dataset")
+        return problems
+
+    def _scale_problems(self) -> list[str]:
+        """Ray workers, learner ranks and the cluster address."""
+        problems = []
         if self.rollout_workers < 0:
             problems.append(f"rollout_workers: must be >= 0 (0: generate in the training process), got "
                             f"{self.rollout_workers}")
@@ -378,32 +397,11 @@ class TrainConfig:
             problems.append(f"ray_worker_cpus: must be > 0, got {self.ray_worker_cpus}")
         if self.reward_workers < 0:
             problems.append(f"reward_workers: must be >= 0 (0: min(4, CPU cores)), got {self.reward_workers}")
-        if self.code_test_timeout_seconds > self.reward_timeout_seconds - 1:
-            problems.append(f"code_test_timeout_seconds: {self.code_test_timeout_seconds} leaves no time for a "
-                            f"second test within reward_timeout_seconds {self.reward_timeout_seconds} minus 1 s of "
-                            f"start-up; valid: at most {self.reward_timeout_seconds - 1}")
-        if self.eval_dataset is not None and self.dataset is None:
-            problems.append("eval_dataset: only used together with dataset")
-        model_path = SHIPPED_MODEL if self.model == "builtin" else Path(self.model)
-        if self.model == "builtin" and not (model_path / "config.json").is_file():
-            problems.append(f"model: the built-in base model is missing from {model_path}; rebuild it with "
-                            f"`r1zero pretrain --output-dir {model_path}`, or give a Hugging Face model folder")
-        elif not (model_path / "config.json").is_file():
-            problems.append(f"model: {self.model} is not a Hugging Face model folder (no config.json); give a local "
-                            f"folder saved with save_pretrained, or 'builtin'")
-        else:
-            try:
-                context = context_length(model_path)
-            except ValueError as error:
-                problems.append(f"model: {error}")
-            else:
-                if context is not None and self.max_new_tokens >= context:
-                    problems.append(f"max_new_tokens: {self.max_new_tokens} leaves no room for the prompt in the "
-                                    f"model's context of {context} tokens (max_position_embeddings in "
-                                    f"{model_path / 'config.json'}); valid: below {context} minus the prompt length")
-        if problems:
-            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+        return problems
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but have no effect together. A value cannot tell whether it was given, so a
+        non-default value counts as given, and these only warn (a recipe may set a value another run disables)."""
         defaults = TrainConfig()
         warnings = []
         if self.kl_coef == 0 and self.kl_estimator != defaults.kl_estimator:

@@ -11,10 +11,13 @@ Shapes: N completions, T completion width, H hidden size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from r1zero import algorithms
 from r1zero.models import DTYPES, shared_prompt_forward
+from r1zero.update import Minibatch, Rollout, Sequences, UpdateSettings, minibatch_steps
 
 HEAD_FILE = "value_head.pt"
 
@@ -35,43 +38,60 @@ class ValueModel(torch.nn.Module):
 
         return cls(AutoModel.from_pretrained(path, dtype=DTYPES[dtype])).to(device)
 
-    def completion_values(self, rollout) -> torch.Tensor:
-        """(n, T) V(s_t) for each completion token of a trainer Rollout, in float32 or wider."""
-        hidden = shared_prompt_forward(self.backbone, rollout.prompt_ids, rollout.prompt_mask, rollout.group_index,
-                                       rollout.completion_ids, rollout.completion_mask,
+    def completion_values(self, sequences: Sequences) -> torch.Tensor:
+        """(n, T) V(s_t) for each completion token, in float32 or wider."""
+        hidden = shared_prompt_forward(self.backbone, sequences.prompt_ids, sequences.prompt_mask,
+                                       sequences.group_index, sequences.completion_ids, sequences.completion_mask,
                                        field="last_hidden_state")  # (n, T, H)
         values = self.head(hidden).squeeze(-1)  # (n, T)
         return values if values.dtype == torch.float64 else values.float()
 
 
-class Critic:
-    """The value model with its own optimiser; `values` scores a rollout, `micro_loss` is what the trainer's
-    minibatch_steps regresses on the returns."""
+@dataclass(frozen=True)
+class CriticStats:
+    """The critic update's numbers, means over its optimiser steps."""
 
-    def __init__(self, model: ValueModel, learning_rate: float, weight_decay: float):
+    value_loss: float = 0.0
+    grad_norm: float = 0.0
+    value_clip_fraction: float = 0.0  # share of tokens whose value loss was clipped
+    skipped_updates: int = 0
+
+
+class Critic:
+    """The value model with its own optimiser: `values` scores a step's sequences, `update` regresses them on the
+    returns with PPO's clipped value loss, on the policy's minibatch plan."""
+
+    def __init__(self, model: ValueModel, learning_rate: float, weight_decay: float, value_clip: float):
         self.model = model
+        self.value_clip = value_clip  # 0: no clipping
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     @torch.no_grad()
-    def values(self, rollout, chunk: int) -> torch.Tensor:
+    def values(self, sequences: Sequences, chunk: int) -> torch.Tensor:
         """(N, T) values without gradient, `chunk` rows at a time; 0 on padding."""
         self.model.eval()
-        count = len(rollout.completion_ids)
-        values = torch.cat([self.model.completion_values(rollout.rows(slice(s, s + chunk)))
+        count = len(sequences.completion_ids)
+        values = torch.cat([self.model.completion_values(sequences.rows(slice(s, s + chunk)))
                             for s in range(0, count, chunk)])
-        return values * rollout.completion_mask
+        return values * sequences.completion_mask
 
-    def micro_loss(self, value_clip: float):
-        """The critic's loss for the trainer's minibatch_steps: PPO's clipped value loss against rollout.returns,
-        weighted per token; also counts the tokens whose value was clipped."""
+    def update(self, rollout: Rollout, plan: list[Minibatch], settings: UpdateSettings) -> CriticStats:
+        """One optimiser step per minibatch of the plan on the value loss against rollout.returns, weighted with
+        the policy's loss aggregation over every completion token (the value of a masked-out response is still
+        a prediction to learn)."""
+        self.model.train()
 
-        def loss(micro, weights: torch.Tensor):
-            values = self.model.completion_values(micro)  # (m, t)
-            value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, value_clip)
+        def micro_loss(micro: Rollout, weights: torch.Tensor):
+            values = self.model.completion_values(micro)  # (n, t)
+            value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)
             clipped = (value_loss.is_clipped.float() * micro.completion_mask).sum().item()
             return (value_loss.per_token_loss * weights).sum(), {"value_clip_fraction": clipped}
 
-        return loss
+        totals = minibatch_steps(list(self.model.parameters()), self.optimizer, rollout, plan, settings.aggregation,
+                                 settings.max_new_tokens, settings.max_grad_norm, micro_loss,
+                                 ("value_clip_fraction",), mask=lambda rows: rows.completion_mask)
+        return CriticStats(totals.loss, totals.grad_norm, totals.token_means["value_clip_fraction"],
+                           totals.skipped_updates)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -79,11 +99,3 @@ class Critic:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic, 0 no better than a
-    constant, negative worse. NaN when the returns do not vary."""
-    residual = algorithms.masked_mean((returns - values - algorithms.masked_mean(returns - values, mask)) ** 2, mask)
-    spread = algorithms.masked_mean((returns - algorithms.masked_mean(returns, mask)) ** 2, mask)
-    return float(1 - residual / spread) if spread > 0 else float("nan")

@@ -15,7 +15,7 @@ Each piece stands behind an interface the one-process run already has, so traine
 - Learners are K Ray actors in one torch.distributed group (gloo on CPU, nccl on GPU), each with the policy and
   AdamW. Each rank computes the loss of its slice of every micro-batch with the minibatch's own aggregation
   weights (so "token" mode divides by the minibatch's global token count), then gradients, loss and token sums
-  are summed over the ranks (DataParallel, used by trainer.minibatch_steps): the step equals the one-process step.
+  are summed over the ranks (DataParallel, used by update.minibatch_steps): the step equals the one-process step.
 - RayScoringPool is the scoring pool's run(calls) over Ray actors, each running a ScoringPool of its own, so the
   per-sample kill, time and memory limits of r1zero.rewards.pool hold on every node.
 
@@ -38,6 +38,7 @@ from r1zero.models import DTYPES
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
+from r1zero.update import UpdateSettings, update_policy
 
 RESTARTS_PER_SHARE = 3  # a share whose worker dies this many times in one step stops the run
 
@@ -268,7 +269,7 @@ class RolloutWorkers:
 # ---- data-parallel learners -----------------------------------------------------------------------------
 
 class DataParallel:
-    """This process's place in a torch.distributed group, for trainer.minibatch_steps."""
+    """This process's place in a torch.distributed group, for update.minibatch_steps."""
 
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
@@ -301,9 +302,9 @@ class LearnerRank:
     """A Ray actor: rank `rank` of the data-parallel update, with its own policy copy and AdamW."""
 
     def __init__(self, rank: int, world: int, model_config, generation_config, arrays, optimizer_state,
-                 config: TrainConfig, device: str):
+                 config: TrainConfig, settings: UpdateSettings, device: str):
         torch.set_num_threads(worker_threads(config))
-        self.rank, self.world, self.config = rank, world, config
+        self.rank, self.world, self.settings = rank, world, settings
         self.device = torch.device(device)
         self.model = model_from_config(model_config, generation_config, DTYPES[config.dtype], self.device)
         load_arrays(self.model, arrays)
@@ -324,39 +325,43 @@ class LearnerRank:
                                 rank=self.rank, world_size=self.world)
 
     def update(self, rollout, plan, learning_rate: float):
-        """This rank's part of trainer.update_policy; rank 0 also returns the new weights (else None)."""
-        from r1zero.trainer import update_policy
-
+        """This rank's part of update.update_policy; rank 0 also returns the new weights (else None)."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        plan = [(rows.to(self.device), [p.to(self.device) for p in micro]) for rows, micro in plan]
-        metrics = update_policy(self.model, self.optimizer, rollout.to(self.device), self.config, plan,
-                                parallel=DataParallel(self.rank, self.world))
-        return metrics, weights_to_arrays(self.model) if self.rank == 0 else None
+        plan = [minibatch._replace(rows=minibatch.rows.to(self.device),
+                                   micro_batches=[p.to(self.device) for p in minibatch.micro_batches])
+                for minibatch in plan]
+        stats = update_policy(self.model, self.optimizer, rollout.to(self.device), plan, self.settings,
+                              parallel=DataParallel(self.rank, self.world))
+        return stats, weights_to_arrays(self.model) if self.rank == 0 else None
 
     def optimizer_state(self) -> dict:
         return self.optimizer.state_dict()
 
 
 class Learners:
-    """K LearnerRank actors, launched and supervised through Ray; update() is trainer.update_policy on K ranks."""
+    """K LearnerRank actors, launched and supervised through Ray; update() is update.update_policy on K ranks."""
 
-    def __init__(self, world: int, policy, optimizer, config: TrainConfig, device: torch.device):
+    def __init__(self, world: int, policy, optimizer, config: TrainConfig, settings: UpdateSettings,
+                 device: torch.device):
         import ray
 
         self.ray = ray
         actor = ray.remote(LearnerRank).options(**actor_options(config, device))
         arrays = ray.put(weights_to_arrays(policy))
         self.ranks = [actor.remote(rank, world, policy.config, policy.generation_config, arrays,
-                                   optimizer.state_dict(), config, str(device)) for rank in range(world)]
+                                   optimizer.state_dict(), config, settings, str(device)) for rank in range(world)]
         host, port = self._get([self.ranks[0].address.remote()])[0]
         self._get([rank.join.remote(host, port) for rank in self.ranks])
 
     def update(self, rollout, plan, learning_rate: float, policy):
-        """One update on every rank; the new weights are loaded into `policy` (the driver's copy). Returns the
-        metrics and the ObjectRef of the weights (for RolloutWorkers.publish: no second copy)."""
+        """One update on every rank; the new weights are loaded into `policy` (the driver's copy). Returns rank 0's
+        PolicyStats (every rank computes the same sums) and the ObjectRef of the weights (for
+        RolloutWorkers.publish: no second copy)."""
         rollout = self.ray.put(rollout.to("cpu"))
-        plan = self.ray.put([(rows.cpu(), [positions.cpu() for positions in micro]) for rows, micro in plan])
+        plan = self.ray.put([minibatch._replace(rows=minibatch.rows.cpu(),
+                                                micro_batches=[p.cpu() for p in minibatch.micro_batches])
+                             for minibatch in plan])
         results = [rank.update.options(num_returns=2).remote(rollout, plan, learning_rate) for rank in self.ranks]
         metrics = self._get([metric for metric, _ in results])[0]
         load_arrays(policy, self._get([results[0][1]])[0])

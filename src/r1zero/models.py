@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from r1zero.algorithms import entropy_from_logits, token_logprobs
-from r1zero.pretrain import SHIPPED_MODEL
 
-if TYPE_CHECKING:
-    from r1zero.config import TrainConfig  # config imports this module
-
+SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"  # the built-in base model (r1zero.pretrain)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,6 +49,19 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists left-padded into (B, P) ids and a (B, P) mask (1 on real tokens), P the longest: how every
+    prompt batch is laid out, so that each prompt's last token sits in the last column."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, P)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, P)
+    for index, ids in enumerate(sequences):
+        if ids:
+            input_ids[index, width - len(ids):] = torch.tensor(ids)
+            attention_mask[index, width - len(ids):] = 1
+    return input_ids, attention_mask
 
 
 def load_tokenizer(path: Path):
@@ -204,18 +212,20 @@ def full_sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     return token_logprobs(logits[:, prompt_width - 1:-1], input_ids[:, prompt_width:])  # (N, T)
 
 
-def load_policy(model_path: Path, resume_from: Path | None, config: TrainConfig, device):
+def load_policy(model_path: Path, resume_from: Path | None, dtype: str, device, lora_rank: int = 0,
+                lora_alpha: float = 32.0, lora_dropout: float = 0.0, lora_target_modules=("all-linear",)):
     """The trainable policy: the model at model_path, or the checkpoint resume_from; with lora_rank > 0 the base
-    model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable."""
-    if not config.lora_rank:
-        return load_model(resume_from or model_path, config.dtype, device)
+    model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable. lora_target_modules:
+    module names, or ["all-linear"] for every linear layer but the output head."""
+    if not lora_rank:
+        return load_model(resume_from or model_path, dtype, device)
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = load_model(model_path, config.dtype, device)
+    base = load_model(model_path, dtype, device)
     if resume_from is not None:
         return PeftModel.from_pretrained(base, resume_from, is_trainable=True)
-    targets = config.lora_target_modules
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+    targets = list(lora_target_modules)
+    lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
     return get_peft_model(base, lora)
 

@@ -1,4 +1,4 @@
-"""Everything checked before a run starts: settings, data files, the tokenizer, prompt lengths.
+"""Everything checked before a run starts: settings, the files they name, data, the tokenizer, prompt lengths.
 
     r1zero train --check --dataset problems.jsonl --model path/to/model    # these checks only, then exit
 
@@ -12,9 +12,9 @@ import random
 from pathlib import Path
 from typing import NamedTuple
 
-from r1zero.config import TrainConfig
+from r1zero.config import ConfigError, TrainConfig
 from r1zero.example import Example
-from r1zero.models import context_length, load_tokenizer, resolve_model_path
+from r1zero.models import SHIPPED_MODEL, context_length, load_tokenizer, resolve_model_path
 from r1zero.tasks import ProblemSource, load_problems
 from r1zero.tasks.jsonl import DataError
 from r1zero.templates import build_prompt
@@ -29,13 +29,63 @@ class PreparedRun(NamedTuple):
     problems: ProblemSource
     model_path: Path
     tokenizer: object
-    warnings: list[str]  # settings that are valid but have no effect together (TrainConfig.validate)
+    warnings: list[str]  # settings that are valid but have no effect together (TrainConfig.warnings)
+
+
+def check_settings(config: TrainConfig) -> list[str]:
+    """Every value (TrainConfig.problems) and every file the settings name: the model folder and its context
+    length, the data files, your own reward functions. Raises one ConfigError listing all problems; returns the
+    warnings (TrainConfig.warnings)."""
+    problems = config.problems() + file_problems(config)
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return config.warnings()
+
+
+def file_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with the files the settings name, one message each; reads no weights."""
+    from r1zero.rewards.custom import is_custom_reward_name, load_reward_function
+
+    problems = []
+    for name in config.reward_weights:
+        if is_custom_reward_name(name):  # "file.py:function" or "module:function": it must load
+            try:
+                load_reward_function(name)
+            except ValueError as error:
+                problems.append(f"reward_weights: {error}")
+    for path_setting in ("dataset", "eval_dataset"):
+        path = getattr(config, path_setting)
+        if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
+            problems.append(f"{path_setting}: file not found: {path}")
+    return problems + model_problems(config.model, config.max_new_tokens)
+
+
+def model_problems(model: str, max_new_tokens: int) -> list[str]:
+    """The model folder must hold a config.json, and its context must leave room for a prompt."""
+    try:
+        model_path = resolve_model_path(model)
+    except FileNotFoundError:
+        if model == "builtin":
+            return [f"model: the built-in base model is missing from {SHIPPED_MODEL}; rebuild it with "
+                    f"`r1zero pretrain --output-dir {SHIPPED_MODEL}`, or give a Hugging Face model folder"]
+        return [f"model: {model} is not a Hugging Face model folder (no config.json); give a local folder saved "
+                f"with save_pretrained, or 'builtin'"]
+    try:
+        context = context_length(model_path)
+    except ValueError as error:
+        return [f"model: {error}"]
+    if context is not None and max_new_tokens >= context:
+        return [f"max_new_tokens: {max_new_tokens} leaves no room for the prompt in the model's context of "
+                f"{context} tokens (max_position_embeddings in {model_path / 'config.json'}); valid: below "
+                f"{context} minus the prompt length"]
+    return []
 
 
 def prepare_run(config: TrainConfig) -> PreparedRun:
-    """Validate the settings, load the problems and the tokenizer, and check that every measured prompt plus
-    max_new_tokens fits the model's context. Raises ConfigError, DataError or FileNotFoundError."""
-    warnings = config.validate()
+    """Check the settings and the files they name, load the problems and the tokenizer, and check that every
+    measured prompt plus max_new_tokens fits the model's context. Raises ConfigError, DataError or
+    FileNotFoundError."""
+    warnings = check_settings(config)
     problems = load_problems(config.task, config.dataset, config.eval_dataset, config.eval_problems, config.seed,
                              config.prompt_field, config.answer_field, config.answer_format, config.dataset_reward)
     model_path = resolve_model_path(config.model)

@@ -47,7 +47,6 @@ THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 EOS = "<|endoftext|>"
 UNK = "<unk>"
 CORPUS_MIX = {"facts": 0.2, "notes": 0.35, "dialogues": 0.45}
-SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,3 +68,10 @@ def _build_chat_prompt(question: str, tokenizer) -> str:
         # The chat template rejects a system role: fold the instruction into the user message.
         folded = [{"role": "user", "content": f"{R1_ZERO_INSTRUCTION}\n\n{question}"}]
         return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(questions: list[str], template: str, tokenizer) -> list[list[int]]:
+    """The token ids of each question in its template (build_prompt), without special tokens added: what the
+    engine generates from, in training and in `r1zero eval`."""
+    return [tokenizer(build_prompt(question, template, tokenizer), add_special_tokens=False)["input_ids"]
+            for question in questions]

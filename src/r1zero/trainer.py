@@ -4,17 +4,18 @@
     r1zero train --config recipes/r1_zero.yaml --model path/to/hf-model --dataset problems.jsonl
     r1zero train --resume runs/x                    # continue a stopped run from its newest checkpoint
 
-One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024):
-  1. sample B prompts and wrap each in the R1-Zero template
-  2. generate G completions per prompt with the current policy (the "old" policy of the ratio)
-  3. score each completion with rule-based rewards: accuracy of the final answer, tag format
-     (steps 1-3 live in r1zero.batch, with DAPO's dynamic sampling and overlong penalty)
-  4. advantages: each reward compared with the others of its group (or, for PPO, GAE with a critic)
-  5. update the policy mu times on the batch with the clipped surrogate, minus beta * KL to the reference
-     (PPO: and the critic, r1zero.critic)
-  6. log; every eval_every steps, evaluate on held-out problems
-  7. every checkpoint_every steps (and on Ctrl-C) save a checkpoint that `r1zero train --resume DIR` continues
-     from exactly (r1zero.checkpoint); stop after max_nonfinite_steps steps in a row with non-finite updates
+One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024), each stage a function below on the Run that
+start_run builds once:
+  1-3. sample_and_score: B prompts in the R1-Zero template, G completions each from the current policy (the "old"
+       policy of the ratio), scored by rule-based rewards: accuracy of the final answer, tag format (r1zero.batch,
+       with DAPO's dynamic sampling and overlong penalty)
+  4.   make_rollout: reference and old log-probabilities, then advantages, each reward compared with the others
+       of its group (or, for PPO, GAE with a critic); the Rollout the update reads (r1zero.update)
+  5.   update_models: the policy mu times on the batch with its policy loss plus beta * KL to the reference (PPO:
+       and the critic, r1zero.critic); publish_weights sends the new weights to the rollout workers
+  6.   step_metrics and log_step; every eval_every steps, evaluate_held_out on held-out problems
+  7.   checkpoint_or_stop: every checkpoint_every steps (and on Ctrl-C) a checkpoint that `r1zero train --resume
+       DIR` continues from exactly (r1zero.checkpoint); stop after max_nonfinite_steps non-finite steps in a row
 
 Shapes: B prompts, G samples per prompt, N = B*G sequences, P prompt width, T completion width.
 Deliberate departures from the paper, all settings: the KL term defaults to 0 for the tiny built-in model
@@ -24,279 +25,36 @@ no weights).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from r1zero import algorithms
+from r1zero import metric_names as names
+from r1zero.batch import StepBatch, collect_batch
 from r1zero.checkpoint import (TrainingInterrupted, TrainingState, TrainingStopped, capture_global_rng,
                                latest_checkpoint, load_checkpoint, refuse_existing_run, rewind_metrics,
                                save_checkpoint, write_text_atomically)
-from r1zero.batch import collect_batch
 from r1zero.config import ConfigError, TrainConfig, to_yaml
-from r1zero.critic import Critic, ValueModel, explained_variance
+from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
-from r1zero.example import Example
-from r1zero.models import completion_logprobs, load_model, load_policy, resolve_device, save_model
+from r1zero.health import HealthMonitor, reflection_rate
+from r1zero.models import load_model, load_policy, resolve_device, save_model
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout.transformers_engine import TransformersEngine
-from r1zero.templates import STOP_STRING, build_prompt
-from r1zero.health import HealthMonitor, reflection_rate
+from r1zero.templates import STOP_STRING, encode_prompts
 from r1zero.tracking import MetricsLogger, Progress, console
-
-ADVANTAGE_EPS = 1e-6  # added to the group std in grpo advantages
-
-
-@dataclass
-class Rollout:
-    """One step's samples, ready for the update. N = B*G completion rows in group order."""
-
-    prompt_ids: torch.Tensor  # (B, P) left-padded prompts
-    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
-    group_index: torch.Tensor  # (N,) the prompt row each completion answers
-    completion_ids: torch.Tensor  # (N, T) right-padded completions
-    completion_mask: torch.Tensor  # (N, T) float, 1 on completion tokens
-    advantages: torch.Tensor  # (N,) one per completion, or (N, T) one per token (GAE)
-    old_logprobs: torch.Tensor | None = None  # (N, T) under the generating policy; None: same as current
-    ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference model; None without a KL loss term
-    loss_mask: torch.Tensor | None = None  # (N, T) tokens that count in the loss; None: completion_mask
-    old_values: torch.Tensor | None = None  # (N, T) the critic's values at generation time (PPO)
-    returns: torch.Tensor | None = None  # (N, T) the critic's targets (PPO)
-
-    ROW_FIELDS = ("group_index", "completion_ids", "completion_mask", "advantages", "old_logprobs", "ref_logprobs",
-                  "loss_mask", "old_values", "returns")
-
-    def rows(self, index) -> "Rollout":
-        """The completion rows `index` (a slice or index tensor); prompts are kept whole."""
-        picked = {name: None if getattr(self, name) is None else getattr(self, name)[index] for name in self.ROW_FIELDS}
-        return dataclasses.replace(self, **picked)
-
-    def trimmed(self) -> "Rollout":
-        """The same rows cut to their longest completion: the columns dropped are padding in every row, so no
-        number changes (causal attention never looks right), only the work."""
-        width = max(1, int(self.completion_mask.sum(dim=1).max()))
-        if width == self.completion_ids.shape[1]:
-            return self
-        per_token = {name: getattr(self, name) for name in self.ROW_FIELDS
-                     if getattr(self, name) is not None and getattr(self, name).dim() == 2}  # (n, T) fields
-        return dataclasses.replace(self, **{name: value[:, :width] for name, value in per_token.items()})
-
-    @property
-    def token_mask(self) -> torch.Tensor:
-        """(N, T) the tokens that count in the loss."""
-        return self.completion_mask if self.loss_mask is None else self.loss_mask
-
-    def to(self, device) -> "Rollout":
-        """The same rollout with every tensor on `device`."""
-        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{name: None if value is None else value.to(device)
-                                            for name, value in moved.items()})
-
-    def logprobs(self, model, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(n, T) log-probabilities of these completions under `model` (and entropies)."""
-        return completion_logprobs(model, self.prompt_ids, self.prompt_mask, self.group_index, self.completion_ids,
-                                   self.completion_mask, with_entropy)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pack_rollout(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
-                 advantages: torch.Tensor, device: torch.device) -> Rollout:
-    """Left-pad the B prompts into (B, P) and right-pad the N = B*G completions into (N, T)."""
-    prompt_width = max(len(p) for p in prompts)
-    completion_width = max(1, max(len(c) for c in completions))
-    prompt_ids = torch.full((len(prompts), prompt_width), pad_id, dtype=torch.long)  # (B, P)
-    prompt_mask = torch.zeros_like(prompt_ids)  # (B, P)
-    for i, prompt in enumerate(prompts):
-        prompt_ids[i, prompt_width - len(prompt):] = torch.tensor(prompt)
-        prompt_mask[i, prompt_width - len(prompt):] = 1
-    completion_ids = torch.full((len(completions), completion_width), pad_id, dtype=torch.long)  # (N, T)
-    completion_mask = torch.zeros((len(completions), completion_width))  # (N, T)
-    for i, completion in enumerate(completions):
-        if completion:
-            completion_ids[i, :len(completion)] = torch.tensor(completion)
-            completion_mask[i, :len(completion)] = 1.0
-    group_index = torch.arange(len(prompts)).repeat_interleave(group_size)  # (N,)
-    return Rollout(prompt_ids.to(device), prompt_mask.to(device), group_index.to(device), completion_ids.to(device),
-                   completion_mask.to(device), advantages.to(device))
-
-
-@torch.no_grad()
-def score_logprobs(model, rollout: Rollout, chunk: int) -> torch.Tensor:
-    """Completion log-probabilities under `model` without gradient, `chunk` rows at a time. (N, T)"""
-    count = len(rollout.completion_ids)
-    return torch.cat([rollout.rows(slice(start, start + chunk)).logprobs(model)[0] for start in range(0, count, chunk)])
-
-
-def update_plan(lengths: torch.Tensor, config: TrainConfig, generator: torch.Generator, device) -> list:
-    """updates_per_batch passes over the N rows (completion `lengths` (N,)) in shuffled minibatches: a list of
-    (minibatch rows (M,), [micro-batches: positions within those M rows]); each minibatch is one optimiser step.
-    The policy and the critic follow the same plan.
-
-    Micro-batches: microbatch_size rows each, in order; with microbatch_tokens > 0 (and microbatch_size 0), the
-    minibatch's rows sorted longest first and packed into micro-batches of at most microbatch_tokens padded tokens
-    (length_packed); otherwise the whole minibatch. Each micro-batch is cut to its longest row. The gradient is the
-    same either way (the loss weights belong to the minibatch; tested)."""
-    count = len(lengths)
-    minibatch = config.minibatch_size or count
-    plan = []
-    for _ in range(config.updates_per_batch):
-        order = torch.randperm(count, generator=generator) if minibatch < count else torch.arange(count)
-        for start in range(0, count, minibatch):
-            rows = order[start:start + minibatch]
-            if config.microbatch_size:
-                micro = [torch.arange(m, min(m + config.microbatch_size, len(rows)))
-                         for m in range(0, len(rows), config.microbatch_size)]
-            elif config.microbatch_tokens:
-                micro = length_packed(lengths[rows], config.microbatch_tokens)
-            else:
-                micro = [torch.arange(len(rows))]
-            plan.append((rows.to(device), [positions.to(device) for positions in micro]))
-    return plan
-
-
-def length_packed(lengths: torch.Tensor, budget: int) -> list[torch.Tensor]:
-    """Positions 0..M-1 grouped into micro-batches of at most `budget` padded tokens (rows x the longest row),
-    longest rows first; all of them in their own order when they fit in one."""
-    longest = max(1, int(lengths.max()))
-    if len(lengths) * longest <= budget:
-        return [torch.arange(len(lengths))]
-    groups, current, width = [], [], 1
-    for position in torch.argsort(lengths, descending=True, stable=True).tolist():
-        if current and (len(current) + 1) * width > budget:
-            groups.append(current)
-            current = []
-        if not current:  # longest first: a micro-batch's first row sets its width
-            width = max(1, int(lengths[position]))
-        current.append(position)
-    groups.append(current)
-    return [torch.tensor(group) for group in groups]
-
-
-def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list, config: TrainConfig, micro_loss,
-                    sum_names: tuple[str, ...], mask=lambda rows: rows.token_mask, parallel=None) -> dict:
-    """One optimiser step per minibatch of `plan` (see update_plan), for the policy and for the critic alike.
-
-    The aggregation weights are computed once per minibatch over `mask(minibatch)` and sliced for its micro-batches
-    (each cut to its longest row), so gradient accumulation is exact. micro_loss(micro, weights (m, t)) returns the
-    micro-batch's loss (a scalar to backpropagate) and a dict of token sums named sum_names. A step whose gradient
-    norm or loss is not finite is skipped and never reaches the weights.
-
-    parallel (r1zero.distributed.DataParallel): this process is rank r of K; it works on the r-th of K slices of
-    every micro-batch, then gradients, loss and token sums are summed over the ranks before clipping, so every rank
-    takes the same step as one process would on the whole minibatch. Returns the mean over applied steps of "loss",
-    "grad_norm" and each token sum divided by the minibatch's token count, and "skipped_updates"."""
-    aggregation = algorithms.lookup(algorithms.LOSS_AGGREGATIONS, config.loss_aggregation, "loss aggregation")
-    totals: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
-    optimiser_steps, skipped = 0, 0
-    for rows_of_minibatch, micro_positions in plan:
-        batch = rollout.rows(rows_of_minibatch)
-        weights = aggregation(mask(batch), config.max_new_tokens)  # (M, T)
-        optimizer.zero_grad(set_to_none=True)
-        sums = dict.fromkeys(("loss", *sum_names), 0.0)
-        for rows in micro_positions:
-            if parallel is not None:
-                rows = rows.tensor_split(parallel.world)[parallel.rank]  # this rank's share
-                if not len(rows):
-                    continue
-            micro = batch.rows(rows).trimmed()
-            loss, token_sums = micro_loss(micro, weights[rows][:, :micro.completion_ids.shape[1]])
-            loss.backward()
-            sums["loss"] += loss.item()
-            for key, value in token_sums.items():
-                sums[key] += value
-        if parallel is not None:
-            sums = parallel.sum_over_ranks(parameters, sums)
-        for key in sums:  # every metric is reported, 0 when no step was applied
-            totals.setdefault(key, 0.0)
-        norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
-        if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
-            optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
-            skipped += 1
-            continue
-        optimizer.step()
-        optimiser_steps += 1
-        tokens = mask(batch).sum().clamp(min=1).item()
-        totals["loss"] += sums.pop("loss")
-        totals["grad_norm"] += norm.item()
-        for key, value in sums.items():
-            totals[key] += value / tokens
-    done = max(1, optimiser_steps)
-    return {key: value / done for key, value in totals.items()} | {"skipped_updates": skipped}
-
-
-def update_policy(model, optimizer, rollout: Rollout, config: TrainConfig, plan: list, parallel=None) -> dict:
-    """The policy's steps (minibatch_steps): per token, the clipped surrogate plus beta * KL when the rollout
-    carries reference log-probabilities; also measures entropy, clip fraction and KL per token. parallel: see
-    minibatch_steps."""
-    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
-
-    def micro_loss(micro: Rollout, weights: torch.Tensor):
-        mask = micro.token_mask  # (m, t)
-        logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (m, t)
-        old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
-        policy = algorithms.clipped_surrogate_loss(logprobs, old, micro.advantages, config.clip_low, config.clip_high)
-        per_token = policy.per_token_loss  # (m, t)
-        token_sums = {"kl": 0.0, "entropy": (entropy * mask).sum().item(),
-                      "clip_fraction": (policy.is_clipped.float() * mask).sum().item()}
-        if micro.ref_logprobs is not None:
-            kl = kl_estimator(logprobs, micro.ref_logprobs)  # (m, t)
-            per_token = per_token + config.kl_coef * kl
-            token_sums["kl"] = (kl.detach() * mask).sum().item()
-        return (per_token * weights).sum(), token_sums
-
-    return minibatch_steps(list(model.parameters()), optimizer, rollout, plan, config, micro_loss,
-                           ("kl", "entropy", "clip_fraction"), parallel=parallel)
-
-
-def ppo_advantages(critic: Critic, rollout: Rollout, rewards: torch.Tensor, kl_estimator, config: TrainConfig,
-                   chunk: int) -> dict:
-    """Fill rollout.advantages (N, T), old_values and returns from the critic's values and GAE. The outcome reward
-    (N,) sits on each response's last token; with kl_penalty "reward", beta x KL is taken off every token's
-    reward. Returns metrics: the mean KL and the critic's values and explained variance."""
-    values = critic.values(rollout, chunk)  # (N, T)
-    mask = rollout.completion_mask
-    token_rewards = algorithms.outcome_token_rewards(rewards, mask)  # (N, T)
-    metrics = {}
-    if config.kl_coef > 0 and config.kl_penalty == "reward":  # the trainer scored old and ref log-probs for this
-        kl = kl_estimator(rollout.old_logprobs, rollout.ref_logprobs)  # (N, T)
-        metrics["kl"] = float(algorithms.masked_mean(kl, mask))
-        token_rewards = token_rewards - config.kl_coef * kl * mask
-    result = algorithms.gae(token_rewards, values, mask, config.gae_gamma, config.gae_lambda)
-    rollout.advantages = (algorithms.whiten(result.advantages, rollout.token_mask) if config.whiten_advantages
-                          else result.advantages)  # (N, T)
-    rollout.old_values, rollout.returns = values, result.returns
-    metrics["critic/value_mean"] = float(algorithms.masked_mean(values, mask))
-    metrics["critic/explained_variance"] = explained_variance(values, result.returns, mask)
-    return metrics
-
-
-@torch.no_grad()
-def reference_logprobs(policy, reference, rollout: Rollout, chunk: int) -> torch.Tensor:
-    """(N, T) log-probabilities under the reference: the frozen copy, or with LoRA the policy with its adapters
-    switched off (the base weights, which LoRA never changes)."""
-    if reference is not None:
-        return score_logprobs(reference, rollout, chunk)
-    with policy.disable_adapter():
-        return score_logprobs(policy, rollout, chunk)
-
-
-def default_output_dir(config: TrainConfig) -> Path:
-    name = Path(config.dataset).stem if config.dataset else config.task
-    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+from r1zero.update import (ADVANTAGE_EPS, PolicyStats, PPOAdvantages, Rollout, UpdateSettings, pack_sequences,
+                           ppo_advantages, reference_logprobs, score_logprobs, update_plan, update_policy)
 
 
 def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
@@ -306,10 +64,143 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     without one it starts over. stop: a checkpoint.StopSignals; once it has caught SIGINT or SIGTERM, the current
     step is finished, a checkpoint saved and TrainingInterrupted raised.
     """
-    # ---- setup: every check runs before any weights load or any file is written --------------------
-    problems, model_path, tokenizer, notices = prepare_run(config)  # settings, data, tokenizer, prompt lengths
+    run = start_run(config, resume)
+    try:
+        if run.first_step == 1:  # the base model's numbers, before any update
+            evaluate_held_out(run, 0)
+        for step in range(run.first_step, config.max_steps + 1):
+            clock = StepClock()
+            batch = sample_and_score(run, step)  # 1-3
+            clock.lap("generation")
+            rollout, ppo = make_rollout(run, batch)  # 4
+            clock.lap("logprobs")
+            update = update_models(run, rollout, step)  # 5
+            clock.lap("update")
+            sync = publish_weights(run, step, update)
+            metrics = step_metrics(run, batch, ppo, update, sync, clock)  # 6
+            log_step(run, step, metrics)
+            out_of_time = bool(config.time_budget_seconds) and run.elapsed() >= config.time_budget_seconds
+            last = step == config.max_steps or out_of_time
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                evaluate_held_out(run, step)
+            checkpoint_or_stop(run, step, update.policy.skipped_updates > 0, last, stop)  # 7
+            if out_of_time:
+                run.progress.write(f"r1zero: time budget of {config.time_budget_seconds:.0f}s spent after step {step}")
+                break
+        save_model(run.policy, run.tokenizer, run.output_dir / "final")
+    finally:
+        run.close()
+    console(f"saved {run.output_dir / 'final'}")
+    return run.output_dir
+
+
+# ---- setup --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything a training run holds, built once by start_run; the stages read it and move it on."""
+
+    config: TrainConfig
+    output_dir: Path
+    problems: object  # r1zero.tasks.ProblemSource
+    tokenizer: object
+    device: torch.device
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None  # None without a KL term, or with LoRA (the policy's adapters switched off)
+    critic: Critic | None  # PPO
+    engine: TransformersEngine  # evaluation, and rollouts without workers
+    scorer: RewardScorer
+    settings: UpdateSettings
+    advantage: algorithms.AdvantageEstimator | None  # None: GAE with the critic
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampling: torch.Generator  # evaluation's sampling (training samples from per-prompt seeds)
+    shuffling: torch.Generator  # the minibatch order
+    monitor: HealthMonitor
+    logger: MetricsLogger
+    progress: Progress
+    held_out_prompts: list[list[int]]
+    first_step: int
+    workers: object = None  # r1zero.distributed.RolloutWorkers
+    learners: object = None  # r1zero.distributed.Learners
+    nonfinite_steps: int = 0  # steps in a row with skipped (non-finite) updates
+    started: float = field(default_factory=time.time)  # when training started, for the time budget and the ETA
+
+    def encode(self, examples) -> list[list[int]]:
+        return encode_prompts([example.prompt for example in examples], self.config.template, self.tokenizer)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def close(self) -> None:
+        """Close the progress bar and the metrics files; stop the scoring pool (its processes also exit with this
+        one) and the Ray workers and ranks."""
+        self.progress.close()
+        self.scorer.close()
+        self.logger.close()
+        for actors in (self.workers, self.learners):
+            if actors is not None:
+                actors.close()
+
+
+def start_run(config: TrainConfig, resume: bool) -> Run:
+    """Check everything, then load the models and build the run's objects; on resume, restore the checkpoint's
+    state. Every check runs before any weights load or any file is written."""
+    problems, model_path, tokenizer, notices = prepare_run(config)  # settings, files, data, tokenizer, prompts
     for notice in notices:
         console(f"r1zero: warning: {notice}")
+    output_dir, resume_from, state = open_output(config, resume)
+    on_ray = bool(config.rollout_workers) or config.train_processes > 1
+    if on_ray:  # join or start Ray before loading anything (Ray is imported only when asked for)
+        from r1zero import distributed
+        distributed.start_ray(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    policy, reference, critic = load_models(config, model_path, resume_from, device)
+    scorer = RewardScorer(config.reward_weights, problems.accuracy_reward,
+                          time_limit_seconds=config.reward_timeout_seconds, workers=config.reward_workers,
+                          code_partial_credit=config.code_partial_credit,
+                          code_test_timeout_seconds=config.code_test_timeout_seconds,
+                          pool_factory=distributed.RayScoringPool if on_ray else ScoringPool)
+    trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]  # LoRA: adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    sampling = torch.Generator(device=device).manual_seed(config.seed)
+    shuffling = torch.Generator().manual_seed(config.seed + 1)
+    monitor = HealthMonitor()
+    if state is not None:
+        state.restore(optimizer, scheduler, problems, monitor, {"sampling": sampling, "shuffling": shuffling})
+        if critic is not None:
+            critic.load_state_dict(state.critic)
+    first_step = state.step + 1 if state is not None else 1
+    settings = UpdateSettings.from_config(config)
+    workers = learners = None  # Ray rollout workers and learner ranks (r1zero.distributed)
+    if config.rollout_workers:
+        workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
+        workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
+    if config.train_processes > 1:
+        learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device)
+    logger = start_logging(config, output_dir, resume, resume_from, state)
+    advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
+                                                       "advantage estimator")
+    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic,
+              TransformersEngine(policy, tokenizer, STOP_STRING), scorer, settings, advantage, optimizer, scheduler,
+              sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [],
+              first_step, workers, learners)
+    run.held_out_prompts = run.encode(problems.held_out)
+    run.progress.write(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from "
+                       f"{model_path}, task {problems.name} ({len(problems.held_out)} held-out problems), "
+                       f"{config.max_steps} steps of {config.prompts_per_step}x{config.group_size} samples, "
+                       f"output {output_dir}")
+    return run
+
+
+def open_output(config: TrainConfig, resume: bool) -> tuple[Path, Path | None, TrainingState | None]:
+    """The output folder, and on resume its newest checkpoint and that checkpoint's state (files checked); a new
+    run refuses a folder that already holds one."""
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     resume_from = latest_checkpoint(output_dir) if resume else None
     state = load_checkpoint(resume_from) if resume_from else None  # checks its files
@@ -324,240 +215,247 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
                           f"weights with --model {output_dir / 'final'}")
     if not resume:
         refuse_existing_run(output_dir)  # a new run never appends to another run's metrics
-    on_ray = bool(config.rollout_workers) or config.train_processes > 1
-    if on_ray:  # join or start Ray before loading anything (Ray is imported only when asked for)
-        from r1zero import distributed
-        distributed.start_ray(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    policy = load_policy(model_path, resume_from, config, device)
-    kl_in_loss = config.kl_coef > 0 and config.kl_penalty == "loss"
-    kl_in_reward = config.kl_coef > 0 and config.kl_penalty == "reward"  # PPO only (validated)
-    reference = None  # with LoRA the reference is the policy with its adapters switched off: no second copy
+    return output_dir, resume_from, state
+
+
+def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None, device):
+    """The policy (from the checkpoint when resuming), the frozen reference (only with a KL term; with LoRA the
+    policy with its adapters switched off is the reference: no second copy) and PPO's critic."""
+    policy = load_policy(model_path, resume_from, config.dtype, device, config.lora_rank, config.lora_alpha,
+                         config.lora_dropout, config.lora_target_modules)
+    reference = None
     if config.kl_coef > 0 and not config.lora_rank:
         reference = load_model(model_path, config.dtype, device, trainable=False)
     critic = None
     if config.advantage == "gae":
         critic = Critic(ValueModel.from_base(model_path, config.dtype, device), config.critic_learning_rate,
-                        config.weight_decay)
-    engine = TransformersEngine(policy, tokenizer, STOP_STRING)  # evaluation, and rollouts without workers
-    scorer = RewardScorer(config.reward_weights, problems.accuracy_reward,
-                          time_limit_seconds=config.reward_timeout_seconds, workers=config.reward_workers,
-                          code_partial_credit=config.code_partial_credit,
-                          code_test_timeout_seconds=config.code_test_timeout_seconds,
-                          pool_factory=distributed.RayScoringPool if on_ray else ScoringPool)
-    advantage_fn = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
-                                                          "advantage estimator")
-    kl_estimator = algorithms.lookup(algorithms.KL_ESTIMATORS, config.kl_estimator, "KL estimator")
-    trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]  # LoRA: adapters only
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
-    sampling = torch.Generator(device=device).manual_seed(config.seed)
-    shuffling = torch.Generator().manual_seed(config.seed + 1)
-    monitor = HealthMonitor()
-    first_step = 1
-    if state is not None:
-        state.restore(optimizer, scheduler, problems, monitor, {"sampling": sampling, "shuffling": shuffling})
-        if critic is not None:
-            critic.load_state_dict(state.critic)
-        first_step = state.step + 1
-    workers = learners = None  # Ray rollout workers and learner ranks (r1zero.distributed)
-    if config.rollout_workers:
-        workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
-        workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
-    if config.train_processes > 1:
-        learners = distributed.Learners(config.train_processes, policy, optimizer, config, device)
+                        config.weight_decay, config.value_clip)
+    return policy, reference, critic
+
+
+def start_logging(config: TrainConfig, output_dir: Path, resume: bool, resume_from, state) -> MetricsLogger:
+    """Write config.yaml; on resume, cut metrics.jsonl back to the checkpoint (lines written after it, or all,
+    without one, are written again) and have TensorBoard hide the rest."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "config.yaml", to_yaml(config))
-    if resume:  # lines written after the checkpoint (or all, without one) are written again
+    if resume:
         rewind_metrics(output_dir / "metrics.jsonl", state.metrics_lines if state else 0,
                        state.metrics_bytes if state else 0)
         console(f"r1zero: resuming from {resume_from} (step {state.step} of {config.max_steps})" if state else
                 f"r1zero: {output_dir} has no complete checkpoint yet: starting the run over")
-    purge_step = (first_step if state is not None else 0) if resume else None  # TensorBoard hides the rest
-    logger = MetricsLogger(output_dir, config.tensorboard, purge_step=purge_step)
+    purge_step = (state.step + 1 if state is not None else 0) if resume else None
+    return MetricsLogger(output_dir, config.tensorboard, purge_step=purge_step)
 
-    def checkpoint(step: int) -> Path:
-        lines, size = logger.position()
-        generators = {"sampling": sampling.get_state(), "shuffling": shuffling.get_state()}
-        optimizer_state = learners.optimizer_state() if learners else optimizer.state_dict()
-        snapshot = TrainingState(step, optimizer_state, scheduler.state_dict(), problems.state_dict(),
-                                 monitor.state_dict(), generators, capture_global_rng(), lines, size,
-                                 critic=critic.state_dict() if critic else None)
-        return save_checkpoint(output_dir, snapshot, policy, tokenizer, config.keep_checkpoints)
 
-    def encode(examples: list[Example]) -> list[list[int]]:
-        return [tokenizer(build_prompt(e.prompt, config.template, tokenizer), add_special_tokens=False)["input_ids"]
-                for e in examples]
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    held_out_prompts = encode(problems.held_out)
-    console(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from {model_path}, "
-            f"task {problems.name} ({len(problems.held_out)} held-out problems), {config.max_steps} steps of "
-            f"{config.prompts_per_step}x{config.group_size} samples, output {output_dir}")
 
-    def run_evaluation(step: int) -> None:
-        policy.eval()
-        started = time.time()
-        evaluation = evaluate(engine, tokenizer, held_out_prompts, problems.held_out, problems.accuracy_reward,
-                              config.eval_samples, config.temperature, config.max_new_tokens, sampling)
-        metrics = {**evaluation.metrics, "time/eval_seconds": time.time() - started}
-        logger.log(step, metrics)
-        evaluation.write_samples(output_dir / "samples" / f"step_{step:06d}.jsonl")  # for `r1zero report`
-        progress.write(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
-                f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
-                f"({metrics['time/eval_seconds']:.0f}s)")
-        policy.train()
+def default_output_dir(config: TrainConfig) -> Path:
+    name = Path(config.dataset).stem if config.dataset else config.task
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
-    progress = Progress(config.max_steps, start=first_step - 1)
 
-    def release() -> None:
-        """Close the progress bar and the metrics files; stop the scoring pool (its processes also exit with this
-        one) and the Ray workers and ranks."""
-        progress.close()
-        scorer.close()
-        logger.close()
-        for actors in (workers, learners):
-            if actors is not None:
-                actors.close()
-    if state is None:
-        run_evaluation(0)
-    started_training = time.time()
-    nonfinite_steps = 0  # steps in a row with skipped (non-finite) updates
-    for step in range(first_step, config.max_steps + 1):
-        step_started = time.time()
-        # ---- 1-3. sample prompts, generate G completions each, score them (DAPO: keep informative groups) --
-        policy.eval()
-        batch = collect_batch(problems, encode, workers or engine, scorer, tokenizer, config, step)
-        policy.train()
-        generation_seconds = time.time() - step_started
-        rewards, texts = batch.rewards, batch.texts
-        reward = batch.reward_matrix(config.group_size)  # (B, G)
-        count = len(batch.completions)
-        rollout = pack_rollout(batch.prompts, batch.completions, config.group_size, engine.pad_id,
-                               torch.zeros(count), device)
-        if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
-            stopped = torch.tensor(batch.stopped, dtype=rollout.completion_mask.dtype, device=device)
-            rollout.loss_mask = rollout.completion_mask * stopped[:, None]  # (N, T)
-        chunk = config.microbatch_size or config.minibatch_size or count
-        logprobs_started = time.time()
-        if config.kl_coef > 0:
-            rollout.ref_logprobs = reference_logprobs(policy, reference, rollout, chunk)
-        if config.updates_per_batch > 1 or (config.minibatch_size or count) < count or kl_in_reward:
-            rollout.old_logprobs = score_logprobs(policy, rollout, chunk)  # the generating policy, frozen
+# ---- 1-3. sample prompts, generate G completions each, score them ---------------------------------------------
 
-        # ---- 4. advantages: within each group, or GAE with the critic -------------------------------------
-        extra = {}
-        if critic is None:
-            rollout.advantages = advantage_fn(reward, ADVANTAGE_EPS).flatten().to(device)  # (N,)
-        else:
-            extra = ppo_advantages(critic, rollout, reward.flatten().to(device), kl_estimator, config, chunk)
-        if not kl_in_loss:
-            rollout.ref_logprobs = None  # in the reward (PPO) or only measured: not a loss term
+def sample_and_score(run: Run, step: int) -> StepBatch:
+    """B prompt groups, generated by the rollout workers or in this process, scored (DAPO: informative groups)."""
+    run.policy.eval()
+    batch = collect_batch(run.problems, run.encode, run.workers or run.engine, run.scorer, run.tokenizer,
+                          run.config, step)
+    run.policy.train()
+    return batch
 
-        # ---- 5. policy update (and critic update) ---------------------------------------------------------
-        update_started = time.time()
-        plan = update_plan(rollout.completion_mask.sum(dim=1).long().cpu(), config, shuffling, device)
-        if critic is not None and step <= config.critic_warmup_steps:
-            update = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0,
-                      "skipped_updates": 0}  # critic warm-up: the policy (and its lr schedule) waits for useful values
-        elif learners:  # K ranks; the new weights are loaded into this process's policy too
-            update, new_weights = learners.update(rollout, plan, optimizer.param_groups[0]["lr"], policy)
-            with warnings.catch_warnings():  # this optimizer only carries the schedule; the ranks' ones step
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-                scheduler.step()
-        else:
-            update = update_policy(policy, optimizer, rollout, config, plan)
-            scheduler.step()
-        if critic is not None:
-            critic.model.train()
-            critic_update = minibatch_steps(list(critic.model.parameters()), critic.optimizer, rollout, plan, config,
-                                            critic.micro_loss(config.value_clip), ("value_clip_fraction",),
-                                            mask=lambda rows: rows.completion_mask)
-            extra.update({"critic/value_loss": critic_update["loss"], "critic/grad_norm": critic_update["grad_norm"],
-                          "critic/value_clip_fraction": critic_update["value_clip_fraction"]})
 
-        update_seconds = time.time() - update_started
-        if workers:  # the next rollouts must come from these weights
-            workers.publish(step, policy, new_weights if learners else None)
-            extra.update({"ray/rollout_worker_restarts": workers.take_restarts(),
-                          "time/weight_sync_seconds": workers.publish_seconds})
+# ---- 4. log-probabilities and advantages: the rollout ----------------------------------------------------------
 
-        # ---- 6. log -----------------------------------------------------------------------------------
-        seconds = time.time() - step_started
-        lengths = [len(c) for c in batch.completions]
-        metrics = {
-            "reward/mean": float(reward.mean()),
-            **{f"reward/{name}": sum(values) / len(values) for name, values in rewards.components.items()},
-            **rewards.health,  # reward_health/<name>/timeouts, /parse_failures, /exceptions: counts this step
-            "response/length_mean": sum(lengths) / len(lengths),
-            "response/truncated_fraction": 1 - sum(batch.stopped) / len(lengths),
-            "response/reflection_rate": reflection_rate(texts, tuple(config.reflection_words)),
-            "kl": update["kl"] if kl_in_loss else extra.pop("kl", 0.0),
-            "entropy": update["entropy"],
-            "clip_fraction": update["clip_fraction"],
-            "loss": update["loss"],
-            "grad_norm": update["grad_norm"],
-            "skipped_updates": update["skipped_updates"],
-            "zero_std_fraction": float((reward.max(dim=1).values == reward.min(dim=1).values).float().mean()),
-            "learning_rate": scheduler.get_last_lr()[0],
-            "time/step_seconds": seconds,
-            "time/generation_seconds": generation_seconds,
-            "time/logprobs_seconds": update_started - logprobs_started,  # reference and old log-probs, advantages
-            "time/update_seconds": update_seconds,
-            "throughput/tokens_per_second": sum(lengths) / seconds,
-            **batch.counts,  # dynamic_sampling/...
-            **extra,  # critic/... (PPO)
-        }
-        alerts = monitor.update(step, metrics)
-        if config.group_size == 1:  # one sample per prompt: every "group" has zero variance by construction
-            alerts = [alert for alert in alerts if alert.name != "no_learning_signal"]
-        metrics["health/alerts"] = len(alerts)
-        if alerts:
-            metrics["alerts"] = [alert._asdict() for alert in alerts]
-        logger.log(step, metrics)
-        for alert in alerts:
-            progress.write(f"ALERT step {step} {alert.name}: {alert.message}")
-        elapsed = time.time() - started_training
-        progress.step(step, {
-            "reward": f"{metrics['reward/mean']:.3f}",
-            "accuracy": f"{metrics.get('reward/accuracy', float('nan')):.3f}",
-            "format": f"{metrics.get('reward/format', float('nan')):.3f}",
-            "len": f"{metrics['response/length_mean']:.1f}",
-            "kl": f"{metrics['kl']:.4f}",
-            "tok/s": f"{metrics['throughput/tokens_per_second']:.0f}",
-            "s/step": f"{seconds:.2f}",
-        }, eta_seconds=elapsed / (step - first_step + 1) * (config.max_steps - step))
-        out_of_time = bool(config.time_budget_seconds) and elapsed >= config.time_budget_seconds
-        last = step == config.max_steps or out_of_time
-        if (config.eval_every and step % config.eval_every == 0) or last:
-            run_evaluation(step)
+def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | None]:
+    """The batch as a complete Rollout: reference log-probabilities when there is a KL term, the generating
+    policy's when the update is off-policy (UpdateSettings.needs_old_logprobs), and the advantages: within each
+    group, or GAE with the critic (whose numbers come back too)."""
+    config, device, kl = run.config, run.device, run.settings.kl
+    sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device)
+    count = len(batch.completions)
+    chunk = config.microbatch_size or config.minibatch_size or count
+    ref_logprobs = reference_logprobs(run.policy, run.reference, sequences, chunk) if kl is not None else None
+    old_logprobs = score_logprobs(run.policy, sequences, chunk) if run.settings.needs_old_logprobs(count) else None
+    loss_mask = None
+    if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
+        stopped = torch.tensor(batch.stopped, dtype=sequences.completion_mask.dtype, device=device)  # (N,)
+        loss_mask = sequences.completion_mask * stopped[:, None]  # (N, T)
+    reward = batch.reward_matrix(config.group_size)  # (B, G)
+    ppo, critic_fields = None, {}
+    if run.critic is None:
+        advantages = run.advantage(reward, ADVANTAGE_EPS).flatten().to(device)  # (N,)
+    else:
+        ppo = ppo_advantages(run.critic, sequences, reward.flatten().to(device),
+                             sequences.completion_mask if loss_mask is None else loss_mask, kl, old_logprobs,
+                             ref_logprobs, config.gae_gamma, config.gae_lambda, config.whiten_advantages, chunk)
+        advantages, critic_fields = ppo.advantages, {"old_values": ppo.old_values, "returns": ppo.returns}
+    rollout = Rollout.of(sequences, advantages=advantages, loss_mask=loss_mask, old_logprobs=old_logprobs,
+                         ref_logprobs=ref_logprobs if kl is not None and kl.in_loss else None, **critic_fields)
+    return rollout, ppo
 
-        # ---- 7. checkpoint, or stop -----------------------------------------------------------------------
-        nonfinite_steps = nonfinite_steps + 1 if update["skipped_updates"] else 0
-        interrupted = stop is not None and stop.requested is not None and not last  # the last step: just finish
-        due = (config.checkpoint_every and step % config.checkpoint_every == 0) or last
-        saved = checkpoint(step) if (due or interrupted) and nonfinite_steps == 0 else None  # never a bad step
-        if nonfinite_steps >= config.max_nonfinite_steps or interrupted:
-            release()
-            newest = f"the newest checkpoint is {latest_checkpoint(output_dir) or 'none (no checkpoint yet)'}"
-            if nonfinite_steps >= config.max_nonfinite_steps:
-                raise TrainingStopped(nonfinite_diagnosis(step, nonfinite_steps, config) + f"; {newest}")
-            where = f"saved {saved}" if saved else f"no checkpoint at this step (its update was not finite); {newest}"
-            raise TrainingInterrupted(f"stopped after step {step} of {config.max_steps} by "
-                                      f"{signal.Signals(stop.requested).name}: {where}. Continue with: r1zero train "
-                                      f"--resume {output_dir}", stop.requested)
-        if out_of_time:
-            progress.write(f"r1zero: time budget of {config.time_budget_seconds:.0f}s spent after step {step}")
-            break
 
-    # ---- save ---------------------------------------------------------------------------------------------
-    save_model(policy, tokenizer, output_dir / "final")
-    release()
-    console(f"saved {output_dir / 'final'}")
-    return output_dir
+# ---- 5. update the policy (and the critic), then the rollout workers' weights --------------------------------
+
+class StepUpdate(NamedTuple):
+    policy: PolicyStats
+    critic: CriticStats | None  # None without a critic
+    weights: object  # the learners' new weights in Ray's object store (for the workers), or None
+
+
+def update_models(run: Run, rollout: Rollout, step: int) -> StepUpdate:
+    """The policy's optimiser steps, in this process or on the learner ranks, then the critic's on the same plan.
+    During the critic's warm-up the policy (and its learning-rate schedule) waits for useful values."""
+    plan = update_plan(rollout.lengths(), run.settings, run.shuffling, run.device)
+    weights = None
+    if run.critic is not None and step <= run.config.critic_warmup_steps:
+        policy = PolicyStats()
+    elif run.learners:  # K ranks; the new weights are loaded into this process's policy too
+        policy, weights = run.learners.update(rollout, plan, run.optimizer.param_groups[0]["lr"], run.policy)
+        with warnings.catch_warnings():  # this optimizer only carries the schedule; the ranks' ones step
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            run.scheduler.step()
+    else:
+        policy = update_policy(run.policy, run.optimizer, rollout, plan, run.settings)
+        run.scheduler.step()
+    critic = run.critic.update(rollout, plan, run.settings) if run.critic is not None else None
+    return StepUpdate(policy, critic, weights)
+
+
+def publish_weights(run: Run, step: int, update: StepUpdate) -> dict:
+    """The rollout workers' next rollouts must come from the new weights; returns the step's Ray metrics."""
+    if not run.workers:
+        return {}
+    run.workers.publish(step, run.policy, update.weights)
+    return {"ray/rollout_worker_restarts": run.workers.take_restarts(),
+            "time/weight_sync_seconds": run.workers.publish_seconds}
+
+
+# ---- 6. log ----------------------------------------------------------------------------------------------------
+
+class StepClock:
+    """Seconds since the step started, and the length of each named phase (lap)."""
+
+    def __init__(self):
+        self.started = self.last = time.time()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.time()
+        self.phases[phase], self.last = now - self.last, now
+
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+
+def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, update: StepUpdate, sync: dict,
+                 clock: StepClock) -> dict:
+    """The step's record of metrics.jsonl (every key is in the README's table)."""
+    reward = batch.reward_matrix(run.config.group_size)  # (B, G)
+    rewards, lengths, seconds = batch.rewards, [len(c) for c in batch.completions], clock.seconds()
+    kl = run.settings.kl
+    critic = {}
+    if ppo is not None:
+        critic = {"critic/value_mean": ppo.value_mean, "critic/explained_variance": ppo.explained_variance,
+                  "critic/value_loss": update.critic.value_loss, "critic/grad_norm": update.critic.grad_norm,
+                  "critic/value_clip_fraction": update.critic.value_clip_fraction}
+    return {
+        names.REWARD_MEAN: float(reward.mean()),
+        **{f"{names.REWARD_PREFIX}{name}": sum(values) / len(values) for name, values in rewards.components.items()},
+        **rewards.health,  # reward_health/<name>/timeouts, /parse_failures, /exceptions: counts this step
+        names.RESPONSE_LENGTH: sum(lengths) / len(lengths),
+        names.TRUNCATED_FRACTION: 1 - sum(batch.stopped) / len(lengths),
+        names.REFLECTION_RATE: reflection_rate(batch.texts, tuple(run.config.reflection_words)),
+        names.KL: 0.0 if kl is None else kl.logged(update.policy.kl, ppo.reward_kl if ppo else None),
+        names.ENTROPY: update.policy.entropy,
+        names.CLIP_FRACTION: update.policy.clip_fraction,
+        names.LOSS: update.policy.loss,
+        names.GRAD_NORM: update.policy.grad_norm,
+        names.SKIPPED_UPDATES: update.policy.skipped_updates,
+        names.ZERO_STD_FRACTION: float((reward.max(dim=1).values == reward.min(dim=1).values).float().mean()),
+        names.LEARNING_RATE: run.scheduler.get_last_lr()[0],
+        "time/step_seconds": seconds,
+        "time/generation_seconds": clock.phases["generation"],
+        "time/logprobs_seconds": clock.phases["logprobs"],  # reference and old log-probs, advantages
+        "time/update_seconds": clock.phases["update"],
+        "throughput/tokens_per_second": sum(lengths) / seconds,
+        **batch.counts,  # dynamic_sampling/...
+        **critic,
+        **sync,  # ray/... with rollout workers
+    }
+
+
+def log_step(run: Run, step: int, metrics: dict) -> None:
+    """Health alerts, metrics.jsonl and TensorBoard, the progress bar."""
+    alerts = run.monitor.update(step, metrics)
+    if run.config.group_size == 1:  # one sample per prompt: every "group" has zero variance by construction
+        alerts = [alert for alert in alerts if alert.name != "no_learning_signal"]
+    metrics[names.ALERT_COUNT] = len(alerts)
+    if alerts:
+        metrics[names.ALERTS] = [alert._asdict() for alert in alerts]
+    run.logger.log(step, metrics)
+    for alert in alerts:
+        run.progress.write(f"ALERT step {step} {alert.name}: {alert.message}")
+    run.progress.step(step, {
+        "reward": f"{metrics[names.REWARD_MEAN]:.3f}",
+        "accuracy": f"{metrics.get(names.REWARD_PREFIX + 'accuracy', float('nan')):.3f}",
+        "format": f"{metrics.get(names.REWARD_FORMAT, float('nan')):.3f}",
+        "len": f"{metrics[names.RESPONSE_LENGTH]:.1f}",
+        "kl": f"{metrics[names.KL]:.4f}",
+        "tok/s": f"{metrics['throughput/tokens_per_second']:.0f}",
+        "s/step": f"{metrics['time/step_seconds']:.2f}",
+    }, eta_seconds=run.elapsed() / (step - run.first_step + 1) * (run.config.max_steps - step))
+
+
+def evaluate_held_out(run: Run, step: int) -> None:
+    """Greedy accuracy, pass@k, maj@K and format on the held-out problems; their samples to samples/."""
+    config = run.config
+    run.policy.eval()
+    started = time.time()
+    evaluation = evaluate(run.engine, run.tokenizer, run.held_out_prompts, run.problems.held_out,
+                          run.problems.accuracy_reward, config.eval_samples, config.temperature,
+                          config.max_new_tokens, run.sampling)
+    metrics = {**evaluation.metrics, "time/eval_seconds": time.time() - started}
+    run.logger.log(step, metrics)
+    evaluation.write_samples(run.output_dir / "samples" / f"step_{step:06d}.jsonl")  # for `r1zero report`
+    run.progress.write(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
+                       f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
+                       f"({metrics['time/eval_seconds']:.0f}s)")
+    run.policy.train()
+
+
+# ---- 7. checkpoint, or stop ------------------------------------------------------------------------------------
+
+def checkpoint_or_stop(run: Run, step: int, skipped_updates: bool, last: bool, stop) -> None:
+    """A checkpoint when one is due, at the last step or after Ctrl-C, never at a step whose update was not
+    finite; TrainingStopped after max_nonfinite_steps such steps in a row, TrainingInterrupted after Ctrl-C."""
+    config = run.config
+    run.nonfinite_steps = run.nonfinite_steps + 1 if skipped_updates else 0
+    interrupted = stop is not None and stop.requested is not None and not last  # the last step: just finish
+    due = (config.checkpoint_every and step % config.checkpoint_every == 0) or last
+    saved = save_run_checkpoint(run, step) if (due or interrupted) and run.nonfinite_steps == 0 else None
+    newest = f"the newest checkpoint is {latest_checkpoint(run.output_dir) or 'none (no checkpoint yet)'}"
+    if run.nonfinite_steps >= config.max_nonfinite_steps:
+        raise TrainingStopped(nonfinite_diagnosis(step, run.nonfinite_steps, config) + f"; {newest}")
+    if interrupted:
+        where = f"saved {saved}" if saved else f"no checkpoint at this step (its update was not finite); {newest}"
+        raise TrainingInterrupted(f"stopped after step {step} of {config.max_steps} by "
+                                  f"{signal.Signals(stop.requested).name}: {where}. Continue with: r1zero train "
+                                  f"--resume {run.output_dir}", stop.requested)
+
+
+def save_run_checkpoint(run: Run, step: int) -> Path:
+    lines, size = run.logger.position()
+    generators = {"sampling": run.sampling.get_state(), "shuffling": run.shuffling.get_state()}
+    optimizer_state = run.learners.optimizer_state() if run.learners else run.optimizer.state_dict()
+    snapshot = TrainingState(step, optimizer_state, run.scheduler.state_dict(), run.problems.state_dict(),
+                             run.monitor.state_dict(), generators, capture_global_rng(), lines, size,
+                             critic=run.critic.state_dict() if run.critic else None)
+    return save_checkpoint(run.output_dir, snapshot, run.policy, run.tokenizer, run.config.keep_checkpoints)
 
 
 def nonfinite_diagnosis(step: int, count: int, config: TrainConfig) -> str:

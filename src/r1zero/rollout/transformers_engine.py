@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from r1zero.models import cache_keyword, last_logits_only
+from r1zero.models import cache_keyword, last_logits_only, left_padded
 from r1zero.rollout import Generation, fast_decode
 
 
@@ -72,12 +72,7 @@ class TransformersEngine:
         from transformers import DynamicCache
 
         device = self.model.device
-        width = max(len(prompt) for prompt in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)  # (B, P)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, P)
-        for index, prompt in enumerate(prompts):
-            input_ids[index, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[index, width - len(prompt):] = 1
+        input_ids, attention_mask = left_padded(prompts, self.pad_id)  # (B, P)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
 
