@@ -1,6 +1,6 @@
-"""REINFORCE, RLOO, GRPO, Dr. GRPO, DAPO and PPO on the built-in task: same seed, same wall-clock budget.
+"""REINFORCE, RLOO, GRPO, Dr. GRPO, DAPO, GSPO, CISPO and PPO on the built-in task: same seed, same budget.
 
-    python benchmarks/algorithms.py                          # 90 s of training each, seed 0 (about 12 minutes)
+    python benchmarks/algorithms.py                          # 90 s of training each, seed 0 (about 15 minutes)
     python benchmarks/algorithms.py --seconds 120 --seeds 0 1 2 --output algorithms.json
 
 Every algorithm starts from the shipped base model with the default run's settings (16 prompts x 8 samples,
@@ -39,6 +39,13 @@ ALGORITHMS: dict[str, dict] = {
     # (buffer 1/5 of the budget, as 4096 of 20480), and several minibatches per rollout so the clip matters
     "dapo": {"loss_aggregation": "token", "clip_high": 0.28, "dynamic_sampling": True, "overlong_buffer": 10,
              "minibatch_size": 64},
+    # Zheng et al. 2025: one length-normalised ratio per response, clipped at 3e-4 / 4e-4 per response, each rollout
+    # split into four minibatches (GSPO section 5.1) so that the ratio departs from 1
+    "gspo": {"policy_loss": "gspo", "clip_low": 3e-4, "clip_high": 4e-4, "minibatch_size": 32},
+    # MiniMax-M1 2025: the clipped ratio as a detached weight on REINFORCE (no lower bound, upper 0.28), token-level
+    # loss; four minibatches as for GSPO (at one step per rollout CISPO's gradient is GRPO's)
+    "cispo": {"policy_loss": "cispo", "clip_low": 1.0, "clip_high": 0.28, "loss_aggregation": "token",
+              "minibatch_size": 32},
     # Schulman et al. 2017 as TinyZero runs it: a critic, GAE(1, 1), one sample per prompt, the same 128 samples a
     # step; critic lr 5x the actor's (TinyZero: 10x at 1e-6, scaled to this tiny model's lr)
     "ppo": {"advantage": "gae", "prompts_per_step": 128, "group_size": 1, "critic_learning_rate": 1e-3},

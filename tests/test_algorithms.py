@@ -16,14 +16,17 @@ from r1zero.algorithms import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
     PolicyLoss,
     clipped_surrogate_loss,
+    cispo_loss,
     clipped_value_loss,
     constant_weights,
     dr_grpo_advantages,
     entropy_from_logits,
     gae,
     grpo_advantages,
+    gspo_loss,
     informative_groups,
     kl_k1,
     kl_k2,
@@ -363,6 +366,134 @@ def test_clip_range_validation():
         clipped_surrogate_loss(x, x, torch.ones(1), 1.0, 0.2)
     with pytest.raises(ValueError, match="clip_high"):
         clipped_surrogate_loss(x, x, torch.ones(1), 0.2, -0.1)
+
+
+# ----------------------------------------------------------------------------- the POLICY_LOSSES registry
+
+
+def test_policy_loss_registry_names_and_ppo_clip_is_the_clipped_surrogate():
+    assert set(POLICY_LOSSES) == {"ppo_clip", "gspo", "cispo"}
+    with pytest.raises(ValueError, match="valid: cispo, gspo, ppo_clip"):
+        lookup(POLICY_LOSSES, "grpo_clip", "policy loss")
+    generator = torch.Generator().manual_seed(3)
+    logprobs = -torch.rand(4, 3, generator=generator, dtype=F64)
+    old_logprobs = logprobs + 0.3 * torch.randn(4, 3, generator=generator, dtype=F64)
+    advantages = torch.randn(4, generator=generator, dtype=F64)
+    mask = torch.ones(4, 3, dtype=F64)
+    registered = POLICY_LOSSES["ppo_clip"](logprobs, old_logprobs, advantages, mask, 0.2, 0.28)
+    direct = clipped_surrogate_loss(logprobs, old_logprobs, advantages, 0.2, 0.28)
+    assert torch.equal(registered.per_token_loss, direct.per_token_loss)
+    assert torch.equal(registered.is_clipped, direct.is_clipped)
+
+
+def test_gspo_hand_computed_sequence_ratio_and_clip():
+    # Response 0: 2 tokens with log-ratios 0.2 and -0.1 (a third column is padding), mean 0.05, s = e^0.05 = 1.051271.
+    # Response 1: 3 tokens with log-ratios 0.001, -0.002, 0.0004, mean -0.0002, s = e^-0.0002 = 0.99980002.
+    # The paper's clip: 1 - 3e-4 = 0.9997 below, 1 + 4e-4 = 1.0004 above.
+    # A_0 = +1: clipped term 1.0004 < 1.051271 -> loss -1.0004 on both tokens, clipped (no gradient).
+    # A_1 = -2: s_1 inside the range -> loss -s * A = 1.99960004 on each of its tokens, not clipped.
+    log_ratios = torch.tensor([[0.2, -0.1, 5.0], [0.001, -0.002, 0.0004]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
+    old_logprobs = -torch.ones(2, 3, dtype=F64)
+    result = gspo_loss(old_logprobs + log_ratios, old_logprobs, torch.tensor([1.0, -2.0], dtype=F64), mask,
+                       3e-4, 4e-4)
+    assert_close(result.ratio[0, :2], torch.full((2,), math.exp(0.05), dtype=F64))  # padding does not count
+    assert_close(result.ratio[1], torch.full((3,), math.exp(-0.0002), dtype=F64))
+    assert_close(result.per_token_loss[0, :2], torch.full((2,), -1.0004, dtype=F64))
+    assert_close(result.per_token_loss[1], torch.full((3,), 2 * math.exp(-0.0002), dtype=F64))
+    assert result.is_clipped[0, :2].all() and not result.is_clipped[1].any()
+    # the same response clipped from below with A < 0: s = e^-0.01 = 0.99005 < 0.9997 -> loss -(0.9997 * -1)
+    low = gspo_loss(torch.tensor([[-0.01]], dtype=F64), torch.zeros(1, 1, dtype=F64), -torch.ones(1, dtype=F64),
+                    torch.ones(1, 1, dtype=F64), 3e-4, 4e-4)
+    assert low.per_token_loss.item() == pytest.approx(0.9997) and low.is_clipped.item()
+
+
+def reference_gspo_objective(logprobs, old_logprobs, advantages, mask, clip_low, clip_high):
+    """GSPO exactly as the paper writes it, loop by loop: the mean over responses of
+    -min(s_i A_i, clip(s_i) A_i), s_i = exp(mean over the response's tokens of log pi - log pi_old)."""
+    total = 0.0
+    for i in range(logprobs.shape[0]):
+        tokens = [t for t in range(logprobs.shape[1]) if mask[i, t] > 0]
+        s = torch.exp(sum(logprobs[i, t] - old_logprobs[i, t] for t in tokens) / len(tokens))
+        clipped = torch.clamp(s, 1 - clip_low, 1 + clip_high)
+        total = total - torch.minimum(s * advantages[i], clipped * advantages[i])
+    return total / logprobs.shape[0]
+
+
+def test_gspo_gradient_is_the_papers_expression():
+    # GSPO (arXiv 2507.18071, eq. 10): grad J = (1/N) sum_i s_i A_i (1/|o_i|) sum_t grad log pi(o_it) over responses
+    # whose clip is inactive. With the log-probabilities as the leaves, d loss / d log pi(o_it) = -s_i A_i / (N |o_i|)
+    # there, and 0 on clipped responses and on padding. The token-level form with the "sequence" aggregation must
+    # give that, and so must the plain sequence-level objective written loop by loop.
+    generator = torch.Generator().manual_seed(11)
+    old_logprobs = -torch.rand(5, 4, generator=generator, dtype=F64) * 2
+    logprobs = (old_logprobs + 0.02 * torch.randn(5, 4, generator=generator, dtype=F64)).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=F64)
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5, 0.7], dtype=F64)
+    result = gspo_loss(logprobs, old_logprobs, advantages, mask, 3e-3, 4e-3)
+    (result.per_token_loss * sequence_weights(mask, 4)).sum().backward()
+    lengths = mask.sum(dim=1)
+    s = torch.exp(((logprobs - old_logprobs) * mask).sum(dim=1) / lengths).detach()
+    active = ~result.is_clipped[:, 0]
+    expected = (-s * advantages / (5 * lengths) * active)[:, None] * mask  # (N, T)
+    assert 0 < active.sum() < 5  # both kinds of response present
+    assert_close(logprobs.grad, expected)
+    token_level_gradient = logprobs.grad.clone()
+    logprobs.grad = None
+    reference_gspo_objective(logprobs, old_logprobs, advantages, mask, 3e-3, 4e-3).backward()
+    assert_close(logprobs.grad, token_level_gradient)
+
+
+def test_cispo_hand_computed_keeps_the_gradient_ppo_drops():
+    # Ratios 1.5 (A = +1), 0.5 (A = -1), 1.1 (A = +1); CISPO with no lower bound (clip_low 1) and clip_high 0.28:
+    #   weights sg(clip(r, 0, 1.28)) = 1.28, 0.5, 1.1; loss -w * A * log pi; d loss / d log pi = -w * A
+    #   = -1.28, +0.5, -1.1, and the first token is marked as truncated (1.5 -> 1.28).
+    # PPO's clip 0.2 / 0.28 on the same tokens: 1.5 with A > 0 and 0.5 with A < 0 are clipped, gradient 0;
+    #   1.1 is inside: -r * A = -1.1.
+    ratios, advantages = [1.5, 0.5, 1.1], torch.tensor([[1.0, -1.0, 1.0]], dtype=F64)
+    logprobs = torch.tensor([[math.log(r) for r in ratios]], dtype=F64, requires_grad=True)
+    old_logprobs, mask = torch.zeros(1, 3, dtype=F64), torch.ones(1, 3, dtype=F64)
+    cispo = cispo_loss(logprobs, old_logprobs, advantages, mask, 1.0, 0.28)
+    cispo.per_token_loss.sum().backward()
+    assert_close(logprobs.grad, torch.tensor([[-1.28, 0.5, -1.1]], dtype=F64))
+    assert_close(cispo.per_token_loss.detach(),
+                 torch.tensor([[-1.28 * math.log(1.5), 0.5 * math.log(0.5), -1.1 * math.log(1.1)]], dtype=F64))
+    assert cispo.is_clipped.tolist() == [[True, False, False]]
+    logprobs.grad = None
+    ppo = clipped_surrogate_loss(logprobs, old_logprobs, advantages, 0.2, 0.28)
+    ppo.per_token_loss.sum().backward()
+    assert_close(logprobs.grad, torch.tensor([[0.0, 0.0, -1.1]], dtype=F64))
+    assert ppo.is_clipped.tolist() == [[True, True, False]]
+    # a lower bound (clip_low 0.2) truncates the 0.5 to 0.8: gradient +0.8 there, still not 0
+    logprobs.grad = None
+    cispo_loss(logprobs, old_logprobs, advantages, mask, 0.2, 0.28).per_token_loss.sum().backward()
+    assert_close(logprobs.grad, torch.tensor([[-1.28, 0.8, -1.1]], dtype=F64))
+    with pytest.raises(ValueError, match="clip_low <= 1"):
+        cispo_loss(logprobs, old_logprobs, advantages, mask, 1.5, 0.28)
+
+
+def test_cispo_and_gspo_match_loop_references():
+    generator = torch.Generator().manual_seed(7)
+    logprobs = -torch.rand(6, 5, generator=generator, dtype=F64) * 3
+    old_logprobs = logprobs + 0.4 * torch.randn(6, 5, generator=generator, dtype=F64)
+    advantages = torch.randn(6, generator=generator, dtype=F64)
+    mask = (torch.rand(6, 5, generator=generator) > 0.3).to(F64)
+    mask[:, 0] = 1.0  # every response has a token
+    cispo = cispo_loss(logprobs, old_logprobs, advantages, mask, 0.2, 0.28)
+    gspo = gspo_loss(logprobs, old_logprobs, advantages, mask, 0.05, 0.08)
+    for i in range(6):
+        tokens = [t for t in range(5) if mask[i, t] > 0]
+        s = math.exp(sum(logprobs[i, t].item() - old_logprobs[i, t].item() for t in tokens) / len(tokens))
+        a = advantages[i].item()
+        gspo_expected = -min(s * a, min(max(s, 0.95), 1.08) * a)
+        for t in range(5):
+            r = math.exp(logprobs[i, t].item() - old_logprobs[i, t].item())
+            weight = min(max(r, 0.8), 1.28)
+            assert cispo.per_token_loss[i, t].item() == pytest.approx(-weight * a * logprobs[i, t].item())
+            assert cispo.is_clipped[i, t].item() is (weight != r)
+            if t in tokens:
+                assert gspo.per_token_loss[i, t].item() == pytest.approx(gspo_expected)
+                assert gspo.ratio[i, t].item() == pytest.approx(s)
 
 
 # ----------------------------------------------------------------------------- KL estimators

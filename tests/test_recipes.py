@@ -76,6 +76,21 @@ def test_code_recipe(llama_dir, tmp_path):
         ("code", False, 0.28, 0.0)
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("gspo", ("gspo", 3e-4, 4e-4, "sequence", 128)),
+    ("cispo", ("cispo", 1.0, 0.28, "token", 128)),
+])
+def test_gspo_and_cispo_recipes(llama_dir, tmp_path, length_reward, name, expected):
+    # TINY's one minibatch would leave the ratio at 1: keep the recipe's split of the rollout (2 steps of 2 rows);
+    # a length reward gives the random model's groups a signal
+    weights = {"accuracy": 1.0, "format": 0.5, "length": 2.0}
+    steps, saved = run_recipe(name, llama_dir, tmp_path, minibatch_size=2, reward_weights=weights)
+    check_steps(steps, weights, samples=4)
+    assert (saved["policy_loss"], saved["clip_low"], saved["clip_high"], saved["loss_aggregation"]) == expected[:4]
+    assert load_config(RECIPES / f"{name}.yaml").minibatch_size == expected[4]
+    assert all(step["kl"] == 0.0 and step["grad_norm"] > 0 for step in steps)  # no KL term; the policy moves
+
+
 def test_recipes_cite_a_source_for_every_value():
     for path in RECIPES.glob("*.yaml"):
         for line in path.read_text().splitlines():

@@ -21,6 +21,8 @@ import re
 from collections import deque
 from typing import NamedTuple
 
+from r1zero import metric_names as names
+
 # Words of self-reflection whose rise marks the "aha moment" (DeepSeek-R1 paper, section 2.2.4: the model
 # "learns to rethink", re-evaluating its initial approach; Table 3 shows "Wait, wait. Wait.").
 REFLECTION_WORDS = ("wait", "check", "verify", "again", "recheck", "however")
@@ -152,8 +154,8 @@ class HealthMonitor:
         """name -> (condition holds now, records it must hold, message) for the checks this record informs."""
         checks = {}
         patience = self.patience
-        if "entropy" in values:
-            entropy = values["entropy"]
+        if names.ENTROPY in values:
+            entropy = values[names.ENTROPY]
             checks["entropy_collapse"] = (
                 entropy < self.entropy_floor <= self.peak_entropy, 1,
                 f"entropy fell to {entropy:.3g} nats (peak {self.peak_entropy:.3g}): sampling is nearly "
@@ -161,14 +163,14 @@ class HealthMonitor:
                 f"learning rate too high for the model, or a clip range that lets probable tokens grow fastest. "
                 f"Try a lower learning_rate, clip_high 0.28 (DAPO's clip-higher), or a higher temperature.")
             self.peak_entropy = max(self.peak_entropy, entropy)
-        if "zero_std_fraction" in values:
+        if names.ZERO_STD_FRACTION in values:
             checks["no_learning_signal"] = (
-                values["zero_std_fraction"] > self.zero_std_limit, patience,
+                values[names.ZERO_STD_FRACTION] > self.zero_std_limit, patience,
                 f"zero_std_fraction above {self.zero_std_limit} for {patience} steps: in most groups every "
                 f"sample got the same reward, so their advantages are 0 and there is no learning signal. Likely "
                 f"cause: problems all too hard (or all too easy) for the model. Try problems of matching "
                 f"difficulty, a larger group_size, or a reward with partial credit (e.g. format).")
-        rewards = [value for key, value in values.items() if key.startswith("reward/")]
+        rewards = [value for key, value in values.items() if key.startswith(names.REWARD_PREFIX)]
         if rewards:
             checks["zero_rewards"] = (
                 all(value == 0 for value in rewards), patience,
@@ -176,22 +178,22 @@ class HealthMonitor:
                 f"reinforce. Likely cause: the answers never match the checker (wrong answer_field, answers "
                 f"outside <answer> tags, template not suited to the model) or the task is far too hard. Try "
                 f"`r1zero eval` on a few problems and read the samples, a format reward, or an easier task.")
-        if "response/truncated_fraction" in values:
-            truncated = values["response/truncated_fraction"]
+        if names.TRUNCATED_FRACTION in values:
+            truncated = values[names.TRUNCATED_FRACTION]
             checks["truncation"] = (
                 truncated > self.truncated_limit, patience,
                 f"{truncated:.0%} of responses hit max_new_tokens for {patience} steps: they are cut before "
                 f"</answer> and lose the format and accuracy rewards. Likely cause: reasoning grew longer than the "
                 f"limit. Try a larger max_new_tokens.")
-        if "reward/format" in values:
+        if names.REWARD_FORMAT in values:
             checks["format_stuck"] = (
-                values["reward/format"] == 0, self.format_patience,
+                values[names.REWARD_FORMAT] == 0, self.format_patience,
                 f"reward/format stayed 0 for {self.format_patience} steps: no completion has the <think> ... "
                 f"</think> <answer> ... </answer> layout. Likely cause: a template the model does not follow "
                 f"(template chat for instruct models, r1_zero for base models), or truncated responses. Try the "
                 f"other template, a larger max_new_tokens, or a higher format weight in reward_weights.")
-        if "kl" in values:
-            kl = values["kl"]
+        if names.KL in values:
+            kl = values[names.KL]
             earlier = self.kl_history[0] if len(self.kl_history) == patience else math.inf
             earlier_text = f"{earlier:.3g}" if math.isfinite(earlier) else "not yet logged"
             checks["kl_explosion"] = (
@@ -201,8 +203,8 @@ class HealthMonitor:
                 f"collapse. Likely cause: a learning rate too high, or too many updates_per_batch. Try a lower "
                 f"learning_rate, a larger kl_coef, or max_grad_norm 1.0.")
             self.kl_history.append(kl)
-        if "loss" in values or "skipped_updates" in values:
-            loss, skipped = values.get("loss", 0.0), values.get("skipped_updates", 0.0)
+        if names.LOSS in values or names.SKIPPED_UPDATES in values:
+            loss, skipped = values.get(names.LOSS, 0.0), values.get(names.SKIPPED_UPDATES, 0.0)
             checks["non_finite_loss"] = (
                 not math.isfinite(loss) or skipped > 0, 1,
                 f"non-finite loss or gradient (loss {loss}, {skipped:.0f} updates skipped): those updates "

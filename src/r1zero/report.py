@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from r1zero import metric_names as names
 from r1zero.health import REFLECTION_WORDS, HealthMonitor, metric_number, reflection_rate
 
 Series = dict[str, list[tuple[float, float]]]  # line name -> (step, value) points in step order
@@ -26,18 +27,18 @@ WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 560, 220, 56, 14, 10, 26  # chart size
 
 # (chart title, which logged keys it plots). Every chart is shown, with a note when its keys were not logged.
 CHARTS = (
-    ("Rewards (training batch)", lambda key: key.startswith("reward/")),
+    ("Rewards (training batch)", lambda key: key.startswith(names.REWARD_PREFIX)),
     ("Held-out accuracy, pass@k, maj@K, format",
-     lambda key: key.startswith("eval/") and key != "eval/response_length"),
-    ("Response length (tokens)", lambda key: key in ("response/length_mean", "eval/response_length")),
-    ("Responses cut at max_new_tokens", lambda key: key == "response/truncated_fraction"),
-    ("KL to the reference", lambda key: key == "kl"),
-    ("Entropy (nats per token)", lambda key: key == "entropy"),
-    ("Clip fraction", lambda key: key == "clip_fraction"),
-    ("Groups with zero reward variance", lambda key: key == "zero_std_fraction"),
-    ("Reflection rate", lambda key: "reflection" in key),
-    ("Loss", lambda key: key == "loss"),
-    ("Gradient norm", lambda key: key == "grad_norm"),
+     lambda key: key.startswith(names.EVAL_PREFIX) and key != names.EVAL_RESPONSE_LENGTH),
+    ("Response length (tokens)", lambda key: key in (names.RESPONSE_LENGTH, names.EVAL_RESPONSE_LENGTH)),
+    ("Responses cut at max_new_tokens", lambda key: key == names.TRUNCATED_FRACTION),
+    ("KL to the reference", lambda key: key == names.KL),
+    ("Entropy (nats per token)", lambda key: key == names.ENTROPY),
+    ("Clip fraction", lambda key: key == names.CLIP_FRACTION),
+    ("Groups with zero reward variance", lambda key: key == names.ZERO_STD_FRACTION),
+    ("Reflection rate", lambda key: key == names.REFLECTION_RATE),
+    ("Loss", lambda key: key == names.LOSS),
+    ("Gradient norm", lambda key: key == names.GRAD_NORM),
 )
 
 STYLE = """
@@ -98,7 +99,7 @@ def recorded_alerts(records: list[dict]) -> list[dict] | None:
     alerts, seen = [], False
     for record in records:
         for key, value in record.items():
-            if key == "alerts" and isinstance(value, list):
+            if key == names.ALERTS and isinstance(value, list):
                 seen = True
                 alerts += [{"step": record["step"], **a} for a in value if isinstance(a, dict)]
             elif key.startswith("alert/"):
