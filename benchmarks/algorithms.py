@@ -54,7 +54,7 @@ ALGORITHMS: dict[str, dict] = {
 
 def run(name: str, seed: int, seconds: float, folder: Path) -> dict:
     config = TrainConfig(**ALGORITHMS[name], seed=seed, max_steps=100_000, time_budget_seconds=seconds, eval_every=0,
-                         checkpoint_every=0, tensorboard=False, output_dir=str(folder / f"{name}-{seed}"))
+                         checkpoint_every=0, report_to=["none"], output_dir=str(folder / f"{name}-{seed}"))
     records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward/mean" in r]
     evals = [r for r in records if "eval/pass@1" in r]

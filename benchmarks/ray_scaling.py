@@ -40,7 +40,7 @@ def step_throughput(workers: int, ranks: int, steps: int, folder: Path) -> tuple
 
     cpus = (os.cpu_count() or 2) / max(1, workers + (ranks if ranks > 1 else 0))
     config = TrainConfig(output_dir=str(folder / f"w{workers}-r{ranks}"), max_steps=steps, eval_every=0,
-                         eval_problems=20, checkpoint_every=0, tensorboard=False, rollout_workers=workers,
+                         eval_problems=20, checkpoint_every=0, report_to=["none"], rollout_workers=workers,
                          train_processes=ranks, ray_worker_cpus=min(1.0, cpus))
     train(config)
     records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]

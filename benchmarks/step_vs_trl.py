@@ -116,7 +116,7 @@ def run_r1zero(model: str, beta: float, steps: int, shape: Shape) -> dict:
                              temperature=1.0,
                              kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
                              microbatch_tokens=MICROBATCH_TOKENS,
-                             eval_problems=1, eval_samples=1, checkpoint_every=0, tensorboard=False)
+                             eval_problems=1, eval_samples=1, checkpoint_every=0, report_to=["none"])
         records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "reward/mean" in r][2:]
     return {

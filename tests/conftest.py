@@ -52,7 +52,7 @@ def tiny_run_config(model_dir, folder, **settings):
     from r1zero.config import TrainConfig
 
     base = dict(model=str(model_dir), output_dir=str(folder / "run"), max_steps=3, prompts_per_step=2, group_size=4,
-                max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, tensorboard=False,
+                max_new_tokens=8, eval_problems=2, eval_samples=1, eval_every=0, report_to=["none"],
                 learning_rate=1e-2, reward_weights={"accuracy": 1.0, "format": 0.5, "length": 2.0})
     return TrainConfig(**(base | settings))
 

@@ -14,7 +14,7 @@ from r1zero.trainer import train
 
 GOOD_ROWS = [{"prompt": f"What is {a} + {a}", "answer": str(2 * a)} for a in range(1, 11)]
 TINY = ["--max-steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
-        "--eval-problems", "2", "--eval-samples", "1", "--no-tensorboard", "--device", "cpu"]
+        "--eval-problems", "2", "--eval-samples", "1", "--report-to", "none", "--device", "cpu"]
 
 
 def _jsonl(rows) -> bytes:
@@ -26,7 +26,7 @@ def previous_run(llama_dir, tmp_path_factory):
     """A finished 2-step run with a checkpoint after each step."""
     folder = tmp_path_factory.mktemp("previous") / "run"
     train(TrainConfig(model=str(llama_dir), output_dir=str(folder), max_steps=2, checkpoint_every=1, prompts_per_step=2,
-                      group_size=2, max_new_tokens=4, eval_problems=2, eval_samples=1, tensorboard=False,
+                      group_size=2, max_new_tokens=4, eval_problems=2, eval_samples=1, report_to=["none"],
                       device="cpu"))
     return folder
 

@@ -195,7 +195,7 @@ def test_nonfinite_steps_in_a_row_stop_the_run_and_are_never_checkpointed(llama_
     code = main(["train", "--model", str(llama_dir), "--output-dir", str(run), "--max-steps", "10",
                  "--checkpoint-every", "2", "--keep-checkpoints", "5", "--max-nonfinite-steps", "3",
                  "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--eval-problems", "2",
-                 "--eval-samples", "1", "--eval-every", "0", "--no-tensorboard", "--learning-rate", "1e-2",
+                 "--eval-samples", "1", "--eval-every", "0", "--report-to", "none", "--learning-rate", "1e-2",
                  "--device", "cpu"])
     error = capsys.readouterr().err
     assert code == 1
@@ -233,7 +233,7 @@ def _settings(model_dir, data_path):
     a dataset whose epochs end mid-run (the data order), Adam moments that matter (lr 1e-2, a length reward)."""
     return ["--model", str(model_dir), "--dataset", str(data_path), "--max-steps", "8", "--checkpoint-every", "2",
             "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "6", "--eval-problems", "2",
-            "--eval-samples", "2", "--eval-every", "3", "--no-tensorboard", "--threads", "1", "--device", "cpu",
+            "--eval-samples", "2", "--eval-every", "3", "--report-to", "none", "--threads", "1", "--device", "cpu",
             "--kl-coef", "0.05", "--updates-per-batch", "2", "--minibatch-size", "3", "--learning-rate", "1e-2",
             "--reward-weights", "accuracy=1,format=0.5,length=2"]
 

@@ -26,8 +26,9 @@ def test_recipe_then_command_line_precedence(tmp_path):
 
 def test_cli_flags_are_generated_from_the_dataclass():
     args = build_parser().parse_args(["train", "--learning-rate", "1e-6", "--reward-weights", "accuracy=1,format=0.25",
-                                      "--no-tensorboard"])
-    assert args.learning_rate == "1e-6" and args.tensorboard is False
+                                      "--no-whiten-advantages", "--report-to", "wandb,trackio"])
+    assert args.learning_rate == "1e-6" and args.whiten_advantages is False
+    assert parse_value("report_to", args.report_to, "cli") == ["wandb", "trackio"]
     assert parse_value("reward_weights", args.reward_weights, "cli") == {"accuracy": 1.0, "format": 0.25}
 
 
@@ -77,3 +78,24 @@ def test_settings_for_ppo_lora_dapo_are_checked():
     for expected in ("kl_penalty: 'reward'", "gae_gamma: must be between 0 and 1", "lora_dropout",
                      "overlong_buffer: 100 is longer than max_new_tokens 48", "dynamic_sampling"):
         assert expected in message
+
+
+def test_an_older_run_folder_with_the_tensorboard_setting_still_loads(tmp_path):
+    # before --report-to, config.yaml held `tensorboard: true|false`; a resume of such a run reads it as report_to
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text("tensorboard: false\nmax_steps: 7\n")
+    assert load_config(recipe).report_to == ["none"] and load_config(recipe).max_steps == 7
+    recipe.write_text("tensorboard: true\n")
+    assert load_config(recipe).report_to == ["tensorboard"]
+    recipe.write_text("tensorboard: maybe\n")
+    with pytest.raises(ConfigError, match="setting 'tensorboard' expects true or false"):
+        load_config(recipe)
+
+
+@pytest.mark.parametrize("report_to, message", [
+    (["tensorbord"], "report_to: unknown logger 'tensorbord'; valid: tensorboard, wandb, trackio"),
+    (["none", "wandb"], "'none' turns every logger off"),
+])
+def test_report_to_names_known_loggers(report_to, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(report_to=report_to).validate()

@@ -59,6 +59,32 @@ def test_alerts_fire_once_when_a_condition_starts(records, thresholds, expected)
     assert _alerts(records, **thresholds) == expected
 
 
+def test_an_entropy_hovering_at_the_floor_alerts_once():
+    # The default run's pattern: entropy falls from 0.8, then wanders around the 0.05 floor for 80 steps, crossing
+    # it again and again (values between 0.03 and 0.07, the run's own range). One alert, at the first crossing;
+    # it re-arms only once entropy is back above 2 x 0.05 = 0.1, and then fires again at the next fall.
+    import random
+
+    generator = random.Random(0)
+    hovering = [0.05 + generator.uniform(-0.02, 0.02) for _ in range(80)]
+    crossings = sum(1 for a, b in zip(hovering, hovering[1:]) if a >= 0.05 > b)
+    assert crossings >= 15  # without hysteresis each of these would alert again
+    series = [0.8, 0.4, 0.2, 0.1, *hovering]
+    first = next(step for step, e in enumerate(series, start=1) if e < 0.05)
+    assert _alerts([_with(entropy=e) for e in series]) == [("entropy_collapse", first)]
+    recovered = series + [0.09, 0.04] + [0.12, 0.04]  # 0.09 is not a clear recovery, 0.12 is
+    assert _alerts([_with(entropy=e) for e in recovered]) == [("entropy_collapse", first),
+                                                              ("entropy_collapse", len(recovered))]
+    monitor = HealthMonitor()
+    [alert] = monitor.update(1, {"entropy": 0.8}) + monitor.update(2, {"entropy": 0.01})
+    assert "Expected when the task has one right answer" in alert.message and "eval/pass@1" in alert.message
+
+
+def test_a_kl_at_its_limit_alerts_once_until_it_falls_below_half():
+    kls = [0.9, 1.1, 0.95, 1.2, 0.8, 1.3, 0.4, 1.5]  # crossings of 1.0 at steps 2, 4, 6; below 0.5 at step 7
+    assert _alerts([_with(kl=k) for k in kls], kl_growth=1e9) == [("kl_explosion", 2), ("kl_explosion", 8)]
+
+
 def test_records_without_a_metric_keep_that_check_state():
     # eval-only records between training steps neither clear nor advance the zero-std streak
     stuck, evaluation = _with(zero_std_fraction=1.0), {"eval/pass@1": 0.2}

@@ -16,7 +16,7 @@ from r1zero.trainer import train
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TINY = dict(max_steps=2, prompts_per_step=2, group_size=2, minibatch_size=0, microbatch_size=0, max_new_tokens=8,
-            eval_problems=2, eval_samples=1, eval_every=0, dtype="float32", tensorboard=False, reward_workers=1,
+            eval_problems=2, eval_samples=1, eval_every=0, dtype="float32", report_to=["none"], reward_workers=1,
             checkpoint_every=0, device="cpu")
 HEALTH = ("timeouts", "parse_failures", "exceptions")
 

@@ -42,7 +42,9 @@ def _synthetic_run(folder: Path) -> Path:
         if step % EVAL_EVERY == 0:
             records.append({"step": step, "eval/accuracy_greedy": 0.1 + 0.7 * progress, "eval/pass@1": 0.6 * progress,
                             "eval/pass@2": 0.75 * progress, "eval/maj@2": 0.65 * progress, "eval/format": progress,
-                            "eval/response_length": 25.0})
+                            "eval/response_length": 25.0, "eval/ood/accuracy_greedy": 0.1 * progress,
+                            "eval/ood/pass@1": 0.05 * progress, "eval/ood/format": progress,
+                            "eval/ood/response_length": 28.0})
             samples = []
             for problem in range(3):
                 for index in range(2):
@@ -65,11 +67,15 @@ def test_report_holds_every_section_and_escapes_model_output(tmp_path):
     page = build_report(_synthetic_run(tmp_path / "run"))
     assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page.lower() and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    # one chart per CHARTS entry, all with data: 11 SVGs; the rewards chart has its 3 components in its legend
-    assert page.count("<svg") == len(CHARTS) == 11
+    # one chart per CHARTS entry, all with data: 12 SVGs; the rewards chart has its 3 components in its legend
+    assert page.count("<svg") == len(CHARTS) == 12
     rewards_figure = page[page.index("Rewards (training batch)"):page.index("Held-out accuracy")]
     assert [name for name in ("reward/mean", "reward/accuracy", "reward/format") if name in rewards_figure] == [
         "reward/mean", "reward/accuracy", "reward/format"]
+    held_out_figure = page[page.index("Held-out accuracy"):page.index("Out of distribution")]
+    ood_figure = page[page.index("Out of distribution"):page.index("Response length (tokens)")]
+    assert "eval/ood/pass@1" in ood_figure and "eval/ood/pass@1" not in held_out_figure
+    assert "eval/pass@1" in held_out_figure and "eval/ood/response_length" not in ood_figure
     for key in ("eval/pass@2", "eval/maj@2", "kl", "entropy", "clip_fraction", "zero_std_fraction",
                 "response/reflection_rate", "held-out samples: wait/check"):
         assert key in page, key
@@ -103,7 +109,7 @@ def test_alerts_are_recomputed_when_training_recorded_none(tmp_path):
 def test_report_command_on_a_real_training_run(llama_dir, tmp_path, capsys):
     config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / "run"), max_steps=2, prompts_per_step=2,
                          group_size=2, max_new_tokens=6, eval_problems=3, eval_samples=2, eval_every=1,
-                         tensorboard=False)
+                         report_to=["none"])
     output = train(config)
     assert sorted(p.name for p in (output / "samples").iterdir()) == [
         "step_000000.jsonl", "step_000001.jsonl", "step_000002.jsonl"]
@@ -137,7 +143,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = chromium("--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     paths = re.findall(r'<path d="([^"]*)"', dom.stdout)
-    assert dom.stdout.count("<svg") == 11 and len(paths) >= 11 + 2  # rewards has 3 lines
+    assert dom.stdout.count("<svg") == 12 and len(paths) >= 12 + 2  # rewards has 3 lines
     assert all(re.fullmatch(r"M[\d.]+,[\d.]+( [ML][\d.]+,[\d.]+)*", d) for d in paths), paths
     assert "<script" not in dom.stdout and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom.stdout
     shot = chromium(f"--screenshot={screenshot}", "--window-size=1280,2400", "--hide-scrollbars")

@@ -24,6 +24,27 @@ def test_held_out_split_is_fixed_disjoint_from_training_and_large_enough():
     assert share == pytest.approx(1 / sums.TEST_SHARE, abs=0.03)  # about one tuple in eight is held out
 
 
+def test_out_of_distribution_split_is_five_numbers_never_seen_in_training_or_the_corpus():
+    import re
+
+    from r1zero.models import SHIPPED_MODEL, load_tokenizer
+    from r1zero.pretrain import build_corpus
+
+    harder = sums.out_of_distribution(200)
+    tuples = [tuple(e.metadata["numbers"]) for e in harder]
+    assert len(set(tuples)) == 200 and all(len(t) == 5 for t in tuples)
+    assert harder[0].prompt.count("+") == 4 and harder[0].answer == str(sum(tuples[0]))
+    assert [e.prompt for e in sums.out_of_distribution(200)] == [e.prompt for e in harder]  # same every time
+    assert {len(e.metadata["numbers"]) for e in sums.sample_train(random.Random(0), 2000)} == {3, 4}
+    corpus = " ".join(build_corpus(3000, seed=0))
+    assert re.search(r"\d+(?: \+ \d+){4}", corpus) is None  # no sum of five numbers anywhere
+    tokenizer = load_tokenizer(SHIPPED_MODEL)
+    assert all(len(tokenizer.encode(f" {total}", add_special_tokens=False)) == 1 for total in range(5, 46))
+    source = load_problems("sums", None, None, eval_problems=50, seed=0)
+    assert [e.prompt for e in source.out_of_distribution] == [e.prompt for e in harder[:50]]
+    assert load_problems("countdown", None, None, eval_problems=5, seed=0).out_of_distribution == []
+
+
 def test_dataset_holds_out_rows_that_training_never_sees(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(f'{{"prompt": "q{i}", "answer": "{i}"}}\n' for i in range(20)))

@@ -118,7 +118,7 @@ def test_same_seed_repeats_a_cpu_run_exactly(llama_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
         config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / name), max_steps=2, prompts_per_step=2,
-                             group_size=3, max_new_tokens=6, eval_problems=2, eval_samples=1, tensorboard=False)
+                             group_size=3, max_new_tokens=6, eval_problems=2, eval_samples=1, report_to=["none"])
         records = _read_metrics(train(config))
         runs.append([{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records])
     assert runs[0] == runs[1]
@@ -130,7 +130,7 @@ def test_user_dataset_trains_with_the_math_reward(llama_dir, tmp_path):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = TrainConfig(model=str(llama_dir), dataset=str(data), prompt_field="question", answer_field="solution",
                          output_dir=str(tmp_path / "run"), max_steps=1, prompts_per_step=2, group_size=2,
-                         max_new_tokens=6, eval_problems=2, eval_samples=1, tensorboard=False)
+                         max_new_tokens=6, eval_problems=2, eval_samples=1, report_to=["none"])
     records = _read_metrics(train(config))
     assert records[0]["step"] == 0 and "eval/pass@1" in records[0]
     assert records[1]["step"] == 1 and "reward/accuracy" in records[1]
@@ -139,7 +139,7 @@ def test_user_dataset_trains_with_the_math_reward(llama_dir, tmp_path):
 def test_time_budget_stops_early_and_still_evaluates_and_saves(llama_dir, tmp_path):
     config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / "run"), max_steps=50, prompts_per_step=2,
                          group_size=2, max_new_tokens=6, eval_problems=2, eval_samples=1, eval_every=0,
-                         tensorboard=False, time_budget_seconds=1e-9)  # spent by the end of the first step
+                         report_to=["none"], time_budget_seconds=1e-9)  # spent by the end of the first step
     output = train(config)
     records = _read_metrics(output)
     assert [r["step"] for r in records if "reward/mean" in r] == [1]
@@ -185,3 +185,24 @@ def test_bucketed_gradients_repeat_bit_for_bit_across_processes():
     runs = [subprocess.run([sys.executable, "-c", GRADIENT_HASHES], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]
     assert len(runs[0].split()) == 12 and runs[0] == runs[1]
+
+
+def test_out_of_distribution_evaluation_is_logged_beside_the_held_out_one_and_changes_nothing_else(llama_dir,
+                                                                                                    tmp_path):
+    runs = {}
+    for ood in (True, False):
+        config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / str(ood)), max_steps=2,
+                             prompts_per_step=2, group_size=3, max_new_tokens=6, eval_problems=3, eval_samples=2,
+                             eval_every=1, report_to=["none"], eval_out_of_distribution=ood)
+        runs[ood] = [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}
+                     for r in _read_metrics(train(config))]
+    evals = [r for r in runs[True] if "eval/pass@1" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    for record in evals:
+        assert {"eval/ood/pass@1", "eval/ood/accuracy_greedy", "eval/ood/pass@2", "eval/ood/format"} <= set(record)
+        assert 0.0 <= record["eval/ood/pass@1"] <= 1.0
+    # the held-out numbers and the training steps are those of the run without it, draw for draw
+    without_ood = [{k: v for k, v in r.items() if not k.startswith("eval/ood/")} for r in runs[True]]
+    assert without_ood == runs[False]
+    samples = (tmp_path / "True" / "samples_ood" / "step_000002.jsonl").read_text().splitlines()
+    assert len(samples) == 3 * 2 and '"problem_id": "sums-ood-0"' in samples[0]

@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("eval", "pretrain"):  # `train` quiets them itself (r1zero.trainer.start_run)
+        from r1zero.tracking import quiet_libraries
+
+        quiet_libraries()
     try:
         return args.run(args)
     except (ConfigError, OSError, ValueError) as error:  # settings, data files, model folders, checkpoints

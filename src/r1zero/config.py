@@ -33,7 +33,10 @@ from r1zero.health import REFLECTION_WORDS
 # run; time_budget_seconds counts again from the resume; threads, rollout_workers and train_processes may change
 # the last bits of CPU floating-point sums; the others change no number.
 RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                   "tensorboard", "threads", "rollout_workers", "train_processes", "ray_address", "ray_worker_cpus")
+                   "report_to", "project", "run_name", "threads", "rollout_workers", "train_processes", "ray_address",
+                   "ray_worker_cpus")
+# Settings of earlier versions, read from old recipes and run folders as what replaced them.
+RENAMED_SETTINGS = {"tensorboard": lambda on: ("report_to", "tensorboard" if on else "none")}
 
 
 class ConfigError(ValueError):
@@ -223,8 +226,21 @@ class TrainConfig:
     """Held-out problems per evaluation."""
     eval_samples: int = 4
     """Samples per held-out problem for eval/pass@1 (at the training temperature), besides one greedy answer."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files to <output_dir>/tensorboard."""
+    eval_out_of_distribution: bool = True
+    """At each evaluation, also evaluate on the task's out-of-distribution split when it has one (the built-in
+    sums task: eval_problems sums of five numbers, one more than training shows), logged as eval/ood/pass@1,
+    eval/ood/accuracy_greedy, ... Doubles the evaluation time; the held-out numbers do not change."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers that receive every number of metrics.jsonl (which is always written), the resolved settings as
+    the run's config, the health alerts as text and sample completions as a table: any of tensorboard (event
+    files in <output_dir>/tensorboard), wandb (Weights & Biases; WANDB_MODE=offline keeps it local) and trackio
+    (its local store; `trackio show`), comma-separated; none turns them all off. wandb and trackio are extras:
+    pip install 'r1zero[wandb]' or 'r1zero[trackio]'."""
+    project: str = "r1zero"
+    """The W&B or trackio project the run is logged to."""
+    run_name: str = ""
+    """The run's name in W&B and trackio ("": the output folder's name). A resumed run continues the same W&B
+    and trackio run."""
     reflection_words: list[str] = field(default_factory=lambda: list(REFLECTION_WORDS))
     """Words whose share in the <think> part is logged as response/reflection_rate: the "aha" signal the DeepSeek-R1
     paper watched. On the CLI: --reflection-words wait,check,verify."""
@@ -275,7 +291,8 @@ class TrainConfig:
     def problems(self) -> list[str]:
         """What is wrong with the values, one message per problem naming the setting and what would be valid."""
         return [*self._choice_problems(), *self._range_problems(), *self._batch_problems(),
-                *self._algorithm_problems(), *self._reward_problems(), *self._scale_problems()]
+                *self._algorithm_problems(), *self._reward_problems(), *self._logger_problems(),
+                *self._scale_problems()]
 
     def _choice_problems(self) -> list[str]:
         """Settings that name one of a fixed set of choices."""
@@ -375,6 +392,18 @@ class TrainConfig:
             problems.append("eval_dataset: only used together with dataset")
         return problems
 
+    def _logger_problems(self) -> list[str]:
+        """report_to names known loggers ("none" alone turns them off). Whether they are installed: preflight."""
+        from r1zero.tracking import LOGGERS
+
+        unknown = [name for name in self.report_to if name not in (*LOGGERS, "none")]
+        if unknown:
+            return [f"report_to: unknown logger {', '.join(map(repr, unknown))}; valid: {', '.join(LOGGERS)}, "
+                    f"comma-separated, or none"]
+        if "none" in self.report_to and len(self.report_to) > 1:
+            return [f"report_to: 'none' turns every logger off, so it cannot be given with others ({self.report_to})"]
+        return []
+
     def _scale_problems(self) -> list[str]:
         """Ray workers, learner ranks and the cluster address."""
         problems = []
@@ -467,13 +496,7 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
                 raw = dict(item.split("=", 1) for item in raw.split(",") if item.strip())
             return {str(key).strip(): float(value) for key, value in dict(raw).items()}
         if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("true", "1", "yes"):
-                return True
-            if str(raw).lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
+            return parse_bool(raw, name, source)
         if kind is int and isinstance(raw, float) and not raw.is_integer():
             raise ValueError
         return kind(raw)
@@ -484,6 +507,17 @@ def parse_value(name: str, raw: Any, source: str) -> Any:
         if typing.get_origin(kind) is list:
             expected = "a comma-separated list"
         raise ConfigError(f"{source}: setting '{name}' expects {expected}, got {raw!r}") from None
+
+
+def parse_bool(raw: Any, name: str, source: str) -> bool:
+    """true/false, 1/0, yes/no (any case), or a YAML boolean."""
+    if isinstance(raw, bool):
+        return raw
+    if str(raw).lower() in ("true", "1", "yes"):
+        return True
+    if str(raw).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{source}: setting '{name}' expects true or false, got {raw!r}")
 
 
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -500,6 +534,8 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of setting: value, got {type(loaded).__name__}")
         for name, raw in loaded.items():
+            if name in RENAMED_SETTINGS and name not in field_types():  # an older run folder's config.yaml
+                name, raw = RENAMED_SETTINGS[name](parse_bool(raw, name, str(path)))
             if name not in field_types():
                 raise _unknown_setting(name, str(path))
             values[name] = parse_value(name, raw, str(path))

@@ -103,8 +103,9 @@ def majority_vote(answers: list[str | None], accuracy: RewardFunction) -> int | 
 
 def evaluate(engine, tokenizer, prompts: list[list[int]], examples: list[Example], accuracy_reward: str,
              samples: int, temperature: float, max_new_tokens: int, generator: torch.Generator | None = None,
-             chunk: int = 64) -> Evaluation:
-    """Score one greedy answer and K = `samples` sampled answers per held-out problem.
+             chunk: int = 64, prefix: str = "eval/") -> Evaluation:
+    """Score one greedy answer and K = `samples` sampled answers per held-out problem. The metric names below
+    start with `prefix` ("eval/ood/" for the out-of-distribution split).
 
     metrics:
     eval/accuracy_greedy  share of problems whose greedy (temperature 0) answer is correct
@@ -140,12 +141,12 @@ def evaluate(engine, tokenizer, prompts: list[list[int]], examples: list[Example
         majority_correct.append(winner is not None and problem[winner]["correct"])
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     metrics = {
-        "eval/accuracy_greedy": mean(greedy_correct),
-        **{f"eval/pass@{k}": mean([pass_at_k(samples, c, k) for c in correct_counts])
+        f"{prefix}accuracy_greedy": mean(greedy_correct),
+        **{f"{prefix}pass@{k}": mean([pass_at_k(samples, c, k) for c in correct_counts])
            for k in pass_at_k_sizes(samples)},
-        f"eval/maj@{samples}": mean(majority_correct),
-        "eval/format": mean([r["format"] for r in records]),
-        "eval/response_length": mean(lengths),
+        f"{prefix}maj@{samples}": mean(majority_correct),
+        f"{prefix}format": mean([r["format"] for r in records]),
+        f"{prefix}response_length": mean(lengths),
     }
     return Evaluation(metrics, records)
 

@@ -10,7 +10,8 @@ metrics.jsonl: "entropy", "kl", "zero_std_fraction", "reward/<name>", ...; non-f
 or the strings "nan"/"inf" that metrics.jsonl holds). A check whose metric is missing from a record (an
 eval-only record, a run without a format reward) keeps its state. An alert fires once, on the step its
 condition starts to hold (after `patience` steps for the sustained ones), and again only after the
-condition has cleared. A trainer that records alerts logs them as {"alerts": [alert._asdict(), ...]},
+condition has clearly cleared: for the one-record checks a margin (hysteresis: entropy back above twice the
+floor, KL below half its limit), so a value hovering at a threshold alerts once, not at every crossing. A trainer that records alerts logs them as {"alerts": [alert._asdict(), ...]},
 the form `r1zero report` reads.
 """
 
@@ -81,6 +82,15 @@ def metric_number(value) -> float | None:
     return None
 
 
+class Check(NamedTuple):
+    """One check's reading of a record."""
+
+    holds: bool  # the condition holds at this record
+    patience: int  # records in a row it must hold before it alerts
+    message: str
+    cleared: bool | None = None  # a fired alert re-arms once this holds (hysteresis); None: once `holds` is False
+
+
 class HealthMonitor:
     """Watches the metrics history for the usual ways R1-Zero-style training goes wrong.
 
@@ -100,7 +110,7 @@ class HealthMonitor:
 
     def __init__(self, entropy_floor: float = 0.05, zero_std_limit: float = 0.9, truncated_limit: float = 0.5,
                  kl_limit: float = 1.0, kl_growth: float = 10.0, kl_growth_floor: float = 0.1, patience: int = 5,
-                 format_patience: int = 20):
+                 format_patience: int = 20, entropy_clear: float = 2.0):
         """
         entropy_floor:   mean per-token entropy (nats) below which sampling is nearly deterministic. 0.05
                          nats is a token whose top choice has about 99% of the mass.
@@ -113,11 +123,15 @@ class HealthMonitor:
         patience:        records a sustained condition must hold before it alerts. 5.
         format_patience: records reward/format may stay at 0 before it alerts; longer than `patience` because
                          a base model can take a while to find the format. 20.
+        entropy_clear:   an entropy_collapse alert re-arms only once entropy is back above entropy_clear x
+                         entropy_floor: an entropy hovering around the floor (a healthy run converging on a task
+                         with one right answer) alerts once, not at each crossing. 2.
         """
         if patience < 1 or format_patience < 1:
             raise ValueError(f"patience and format_patience count records and must be >= 1, got {patience} and "
                              f"{format_patience}")
         self.entropy_floor, self.zero_std_limit, self.truncated_limit = entropy_floor, zero_std_limit, truncated_limit
+        self.entropy_clear = entropy_clear
         self.kl_limit, self.kl_growth, self.kl_growth_floor = kl_limit, kl_growth, kl_growth_floor
         self.patience, self.format_patience = patience, format_patience
         self.streaks = dict.fromkeys(self.NAMES, 0)  # records in a row the condition has held
@@ -141,30 +155,35 @@ class HealthMonitor:
         """Feed one metrics record; returns the alerts that start at this step (usually none)."""
         values = {key: number for key, value in metrics.items() if (number := metric_number(value)) is not None}
         alerts = []
-        for name, (holds, patience, message) in self._checks(values).items():
-            self.streaks[name] = self.streaks[name] + 1 if holds else 0
-            if not holds:
-                self.active.discard(name)
-            elif self.streaks[name] >= patience and name not in self.active:
+        for name, check in self._checks(values).items():
+            self.streaks[name] = self.streaks[name] + 1 if check.holds else 0
+            if name in self.active:  # fired already: silent until the condition has clearly cleared
+                if (not check.holds) if check.cleared is None else check.cleared:
+                    self.active.discard(name)
+            elif self.streaks[name] >= check.patience:
                 self.active.add(name)
-                alerts.append(Alert(name, step, message))
+                alerts.append(Alert(name, step, check.message))
         return alerts
 
-    def _checks(self, values: dict[str, float]) -> dict[str, tuple[bool, int, str]]:
-        """name -> (condition holds now, records it must hold, message) for the checks this record informs."""
+    def _checks(self, values: dict[str, float]) -> dict[str, "Check"]:
+        """name -> Check for the checks this record informs."""
         checks = {}
         patience = self.patience
         if names.ENTROPY in values:
             entropy = values[names.ENTROPY]
-            checks["entropy_collapse"] = (
+            checks["entropy_collapse"] = Check(
                 entropy < self.entropy_floor <= self.peak_entropy, 1,
                 f"entropy fell to {entropy:.3g} nats (peak {self.peak_entropy:.3g}): sampling is nearly "
-                f"deterministic, so the samples of a group stop differing and learning stalls. Likely cause: a "
-                f"learning rate too high for the model, or a clip range that lets probable tokens grow fastest. "
-                f"Try a lower learning_rate, clip_high 0.28 (DAPO's clip-higher), or a higher temperature.")
+                f"deterministic, so the samples of a group stop differing. Expected when the task has one right "
+                f"answer and one way to write it and held-out accuracy is still rising (eval/pass@1): a confident "
+                f"policy is what success looks like there. A problem when accuracy has stalled: likely a learning "
+                f"rate too high for the model, or a clip range that lets probable tokens grow fastest; try a lower "
+                f"learning_rate, clip_high 0.28 (DAPO's clip-higher), or a higher temperature. (Said once; again "
+                f"only after entropy has been back above {self.entropy_clear * self.entropy_floor:.3g}.)",
+                cleared=entropy >= self.entropy_clear * self.entropy_floor)
             self.peak_entropy = max(self.peak_entropy, entropy)
         if names.ZERO_STD_FRACTION in values:
-            checks["no_learning_signal"] = (
+            checks["no_learning_signal"] = Check(
                 values[names.ZERO_STD_FRACTION] > self.zero_std_limit, patience,
                 f"zero_std_fraction above {self.zero_std_limit} for {patience} steps: in most groups every "
                 f"sample got the same reward, so their advantages are 0 and there is no learning signal. Likely "
@@ -172,7 +191,7 @@ class HealthMonitor:
                 f"difficulty, a larger group_size, or a reward with partial credit (e.g. format).")
         rewards = [value for key, value in values.items() if key.startswith(names.REWARD_PREFIX)]
         if rewards:
-            checks["zero_rewards"] = (
+            checks["zero_rewards"] = Check(
                 all(value == 0 for value in rewards), patience,
                 f"every reward was 0 for {patience} steps: no sample earns anything, so there is nothing to "
                 f"reinforce. Likely cause: the answers never match the checker (wrong answer_field, answers "
@@ -180,13 +199,13 @@ class HealthMonitor:
                 f"`r1zero eval` on a few problems and read the samples, a format reward, or an easier task.")
         if names.TRUNCATED_FRACTION in values:
             truncated = values[names.TRUNCATED_FRACTION]
-            checks["truncation"] = (
+            checks["truncation"] = Check(
                 truncated > self.truncated_limit, patience,
                 f"{truncated:.0%} of responses hit max_new_tokens for {patience} steps: they are cut before "
                 f"</answer> and lose the format and accuracy rewards. Likely cause: reasoning grew longer than the "
                 f"limit. Try a larger max_new_tokens.")
         if names.REWARD_FORMAT in values:
-            checks["format_stuck"] = (
+            checks["format_stuck"] = Check(
                 values[names.REWARD_FORMAT] == 0, self.format_patience,
                 f"reward/format stayed 0 for {self.format_patience} steps: no completion has the <think> ... "
                 f"</think> <answer> ... </answer> layout. Likely cause: a template the model does not follow "
@@ -196,16 +215,17 @@ class HealthMonitor:
             kl = values[names.KL]
             earlier = self.kl_history[0] if len(self.kl_history) == patience else math.inf
             earlier_text = f"{earlier:.3g}" if math.isfinite(earlier) else "not yet logged"
-            checks["kl_explosion"] = (
+            checks["kl_explosion"] = Check(
                 kl > self.kl_limit or kl > max(self.kl_growth_floor, self.kl_growth * earlier), 1,
                 f"kl to the reference is {kl:.3g} (limit {self.kl_limit}; {patience} records earlier: "
                 f"{earlier_text}): the policy is running away from the reference, often just before rewards "
                 f"collapse. Likely cause: a learning rate too high, or too many updates_per_batch. Try a lower "
-                f"learning_rate, a larger kl_coef, or max_grad_norm 1.0.")
+                f"learning_rate, a larger kl_coef, or max_grad_norm 1.0.",
+                cleared=kl <= self.kl_limit / 2 and kl <= max(self.kl_growth_floor, self.kl_growth * earlier) / 2)
             self.kl_history.append(kl)
         if names.LOSS in values or names.SKIPPED_UPDATES in values:
             loss, skipped = values.get(names.LOSS, 0.0), values.get(names.SKIPPED_UPDATES, 0.0)
-            checks["non_finite_loss"] = (
+            checks["non_finite_loss"] = Check(
                 not math.isfinite(loss) or skipped > 0, 1,
                 f"non-finite loss or gradient (loss {loss}, {skipped:.0f} updates skipped): those updates "
                 f"never reached the weights. Likely cause: float16 overflow, a learning rate too high, or "

@@ -22,5 +22,6 @@ LEARNING_RATE = "learning_rate"
 CRITIC_PREFIX = "critic/"
 EVAL_PREFIX = "eval/"  # eval/accuracy_greedy, eval/pass@k, eval/maj@K, eval/format, eval/response_length
 EVAL_RESPONSE_LENGTH = "eval/response_length"
+EVAL_OOD_PREFIX = "eval/ood/"  # the same numbers on the out-of-distribution split (the built-in sums task)
 ALERTS = "alerts"  # the alerts that started at a step, as records
 ALERT_COUNT = "health/alerts"

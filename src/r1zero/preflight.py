@@ -57,7 +57,18 @@ def file_problems(config: TrainConfig) -> list[str]:
         path = getattr(config, path_setting)
         if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
             problems.append(f"{path_setting}: file not found: {path}")
-    return problems + model_problems(config.model, config.max_new_tokens)
+    return problems + model_problems(config.model, config.max_new_tokens) + logger_problems(config.report_to)
+
+
+def logger_problems(report_to: list[str]) -> list[str]:
+    """Every logger asked for must be importable; the message says what to install."""
+    import importlib.util
+
+    from r1zero.tracking import LOGGER_PACKAGES
+
+    return [f"report_to: {name} is asked for but not installed; pip install 'r1zero[{name}]' (or pip install "
+            f"{LOGGER_PACKAGES[name]}), or leave it out of report_to"
+            for name in report_to if name in LOGGER_PACKAGES and importlib.util.find_spec(LOGGER_PACKAGES[name]) is None]
 
 
 def model_problems(model: str, max_new_tokens: int) -> list[str]:

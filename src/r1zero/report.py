@@ -29,8 +29,12 @@ WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 560, 220, 56, 14, 10, 26  # chart size
 CHARTS = (
     ("Rewards (training batch)", lambda key: key.startswith(names.REWARD_PREFIX)),
     ("Held-out accuracy, pass@k, maj@K, format",
-     lambda key: key.startswith(names.EVAL_PREFIX) and key != names.EVAL_RESPONSE_LENGTH),
-    ("Response length (tokens)", lambda key: key in (names.RESPONSE_LENGTH, names.EVAL_RESPONSE_LENGTH)),
+     lambda key: key.startswith(names.EVAL_PREFIX) and not key.startswith(names.EVAL_OOD_PREFIX)
+     and key != names.EVAL_RESPONSE_LENGTH),
+    ("Out of distribution (longer problems than training): accuracy, pass@k, format",
+     lambda key: key.startswith(names.EVAL_OOD_PREFIX) and not key.endswith("response_length")),
+    ("Response length (tokens)", lambda key: key in (names.RESPONSE_LENGTH, names.EVAL_RESPONSE_LENGTH,
+                                                     names.EVAL_OOD_PREFIX + "response_length")),
     ("Responses cut at max_new_tokens", lambda key: key == names.TRUNCATED_FRACTION),
     ("KL to the reference", lambda key: key == names.KL),
     ("Entropy (nats per token)", lambda key: key == names.ENTROPY),

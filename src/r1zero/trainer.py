@@ -25,6 +25,7 @@ no weights).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -52,7 +53,7 @@ from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING, encode_prompts
-from r1zero.tracking import MetricsLogger, Progress, console
+from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
 from r1zero.update import (ADVANTAGE_EPS, PolicyStats, PPOAdvantages, Rollout, UpdateSettings, pack_sequences,
                            ppo_advantages, reference_logprobs, score_logprobs, update_plan, update_policy)
 
@@ -120,6 +121,7 @@ class Run:
     logger: MetricsLogger
     progress: Progress
     held_out_prompts: list[list[int]]
+    out_of_distribution_prompts: list[list[int]]  # empty: the task has no such split, or it is not evaluated
     first_step: int
     workers: object = None  # r1zero.distributed.RolloutWorkers
     learners: object = None  # r1zero.distributed.Learners
@@ -146,6 +148,7 @@ class Run:
 def start_run(config: TrainConfig, resume: bool) -> Run:
     """Check everything, then load the models and build the run's objects; on resume, restore the checkpoint's
     state. Every check runs before any weights load or any file is written."""
+    quiet_libraries()
     problems, model_path, tokenizer, notices = prepare_run(config)  # settings, files, data, tokenizer, prompts
     for notice in notices:
         console(f"r1zero: warning: {notice}")
@@ -188,9 +191,11 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
                                                        "advantage estimator")
     run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic,
               TransformersEngine(policy, tokenizer, STOP_STRING), scorer, settings, advantage, optimizer, scheduler,
-              sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [],
+              sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [], [],
               first_step, workers, learners)
     run.held_out_prompts = run.encode(problems.held_out)
+    if config.eval_out_of_distribution:
+        run.out_of_distribution_prompts = run.encode(problems.out_of_distribution)
     run.progress.write(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from "
                        f"{model_path}, task {problems.name} ({len(problems.held_out)} held-out problems), "
                        f"{config.max_steps} steps of {config.prompts_per_step}x{config.group_size} samples, "
@@ -244,7 +249,8 @@ def start_logging(config: TrainConfig, output_dir: Path, resume: bool, resume_fr
         console(f"r1zero: resuming from {resume_from} (step {state.step} of {config.max_steps})" if state else
                 f"r1zero: {output_dir} has no complete checkpoint yet: starting the run over")
     purge_step = (state.step + 1 if state is not None else 0) if resume else None
-    return MetricsLogger(output_dir, config.tensorboard, purge_step=purge_step)
+    return MetricsLogger(output_dir, config.report_to, purge_step, config.project, config.run_name,
+                         dataclasses.asdict(config))
 
 
 def seed_everything(seed: int) -> None:
@@ -412,19 +418,32 @@ def log_step(run: Run, step: int, metrics: dict) -> None:
 
 
 def evaluate_held_out(run: Run, step: int) -> None:
-    """Greedy accuracy, pass@k, maj@K and format on the held-out problems; their samples to samples/."""
+    """Greedy accuracy, pass@k, maj@K and format on the held-out problems, and on the out-of-distribution ones
+    when the task has them; their samples to samples/ (and samples_ood/)."""
     config = run.config
     run.policy.eval()
     started = time.time()
     evaluation = evaluate(run.engine, run.tokenizer, run.held_out_prompts, run.problems.held_out,
                           run.problems.accuracy_reward, config.eval_samples, config.temperature,
                           config.max_new_tokens, run.sampling)
-    metrics = {**evaluation.metrics, "time/eval_seconds": time.time() - started}
-    run.logger.log(step, metrics)
+    metrics = dict(evaluation.metrics)
     evaluation.write_samples(run.output_dir / "samples" / f"step_{step:06d}.jsonl")  # for `r1zero report`
-    run.progress.write(f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
-                       f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}  "
-                       f"({metrics['time/eval_seconds']:.0f}s)")
+    run.logger.samples(step, evaluation.samples)
+    summary = (f"eval  step {step:4d}  greedy {metrics['eval/accuracy_greedy']:.3f}  "
+               f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}")
+    if run.out_of_distribution_prompts:
+        # its own generator, seeded by the step: the held-out evaluations draw exactly what they would without it
+        harder = evaluate(run.engine, run.tokenizer, run.out_of_distribution_prompts,
+                          run.problems.out_of_distribution, run.problems.accuracy_reward, config.eval_samples,
+                          config.temperature, config.max_new_tokens,
+                          torch.Generator(device=run.device).manual_seed(config.seed * 1_000_003 + step),
+                          prefix=names.EVAL_OOD_PREFIX)
+        metrics |= harder.metrics
+        harder.write_samples(run.output_dir / "samples_ood" / f"step_{step:06d}.jsonl")
+        summary += f"  ood pass@1 {metrics[names.EVAL_OOD_PREFIX + 'pass@1']:.3f}"
+    metrics["time/eval_seconds"] = time.time() - started
+    run.logger.log(step, metrics)
+    run.progress.write(f"{summary}  ({metrics['time/eval_seconds']:.0f}s)")
     run.policy.train()
 
 

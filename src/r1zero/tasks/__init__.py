@@ -26,6 +26,7 @@ class ProblemSource:
     accuracy_reward: str
     held_out: list[Example]
     train_examples: list[Example] | None = None  # a finite dataset; None for a generated task
+    out_of_distribution: list[Example] = field(default_factory=list)  # a harder split, never trained on (sums)
     generated_task: object = None  # a module with sample_train(rng, count)
     rng: random.Random = field(default_factory=random.Random)
     _order: list[int] = field(default_factory=list)
@@ -58,8 +59,9 @@ def load_problems(task: str, dataset: str | None, eval_dataset: str | None, eval
     rng = random.Random(seed)
     if dataset is None:
         module = TASKS[task]
+        harder = module.out_of_distribution(eval_problems) if hasattr(module, "out_of_distribution") else []
         return ProblemSource(task, module.ACCURACY_REWARD, module.held_out(eval_problems), generated_task=module,
-                             rng=rng)
+                             out_of_distribution=harder, rng=rng)
     examples = load_examples(dataset, prompt_field, answer_field, answer_format, dataset_reward)
     if eval_dataset is not None:
         held_out = load_examples(eval_dataset, prompt_field, answer_field, answer_format, dataset_reward)

@@ -12,6 +12,10 @@ DeepSeek-R1-Zero finding, in miniature (r1zero.pretrain says what the base model
 Held-out split. Each problem is a tuple of numbers; a fixed hash of the tuple puts one in eight of all
 tuples in the test split. Test tuples never appear in training prompts nor anywhere in the
 pretraining corpus (r1zero.pretrain checks this).
+
+Out-of-distribution split. Sums of five numbers (OOD_TERMS), one more than any sum in training or in the
+corpus; their totals (at most 45) are still single tokens. Whether what RL found is a procedure (work the sum
+out, whatever its length) or a habit fitted to three and four numbers shows there.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ ACCURACY_REWARD = "integer"
 MIN_TERMS, MAX_TERMS = 3, 4
 MIN_DIGIT, MAX_DIGIT = 1, 9
 TEST_SHARE = 8  # one tuple in TEST_SHARE is held out
+OOD_TERMS = 5  # the out-of-distribution split: one number more than training ever shows
 
 
 def is_held_out(numbers: tuple[int, ...]) -> bool:
@@ -68,12 +73,23 @@ def sample_train(rng: random.Random, count: int) -> list[Example]:
 
 def held_out(count: int, seed: int = 1234) -> list[Example]:
     """The first `count` distinct held-out problems, in a fixed order that depends only on `seed`."""
-    rng = random.Random(seed)
+    return distinct_examples(count, random.Random(seed), "test", lambda rng: random_numbers(rng), is_held_out)
+
+
+def out_of_distribution(count: int, seed: int = 4321) -> list[Example]:
+    """The first `count` distinct five-number problems (never seen in training or in the corpus), in a fixed
+    order that depends only on `seed`."""
+    return distinct_examples(count, random.Random(seed), "ood", lambda rng: random_numbers(rng, OOD_TERMS),
+                             lambda numbers: True)
+
+
+def distinct_examples(count: int, rng: random.Random, split: str, draw, keep) -> list[Example]:
+    """`count` examples of distinct tuples drawn with draw(rng) and kept when keep(numbers)."""
     seen: set[tuple[int, ...]] = set()
     examples = []
     while len(examples) < count:
-        numbers = random_numbers(rng)
-        if is_held_out(numbers) and numbers not in seen:
+        numbers = draw(rng)
+        if keep(numbers) and numbers not in seen:
             seen.add(numbers)
-            examples.append(make_example(numbers, "test", len(examples)))
+            examples.append(make_example(numbers, split, len(examples)))
     return examples
