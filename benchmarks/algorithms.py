@@ -40,12 +40,14 @@ ALGORITHMS: dict[str, dict] = {
     "dapo": {"loss_aggregation": "token", "clip_high": 0.28, "dynamic_sampling": True, "overlong_buffer": 10,
              "minibatch_size": 64},
     # Zheng et al. 2025: one length-normalised ratio per response, clipped at 3e-4 / 4e-4 per response, each rollout
-    # split into four minibatches (GSPO section 5.1) so that the ratio departs from 1
-    "gspo": {"policy_loss": "gspo", "clip_low": 3e-4, "clip_high": 4e-4, "minibatch_size": 32},
+    # split into four minibatches (GSPO section 5.1) so that the ratio departs from 1; a quarter of the default lr,
+    # so that the four steps move the policy per rollout as far as the default's one (at 2e-4: 0.58, see README)
+    "gspo": {"policy_loss": "gspo", "clip_low": 3e-4, "clip_high": 4e-4, "minibatch_size": 32, "learning_rate": 5e-5},
     # MiniMax-M1 2025: the clipped ratio as a detached weight on REINFORCE (no lower bound, upper 0.28), token-level
-    # loss; four minibatches as for GSPO (at one step per rollout CISPO's gradient is GRPO's)
+    # loss; four minibatches at a quarter of the lr as for GSPO (CISPO has no trust region: at four steps of 2e-4
+    # it collapsed to 0.08; at one step per rollout its gradient is GRPO's)
     "cispo": {"policy_loss": "cispo", "clip_low": 1.0, "clip_high": 0.28, "loss_aggregation": "token",
-              "minibatch_size": 32},
+              "minibatch_size": 32, "learning_rate": 5e-5},
     # Schulman et al. 2017 as TinyZero runs it: a critic, GAE(1, 1), one sample per prompt, the same 128 samples a
     # step; critic lr 5x the actor's (TinyZero: 10x at 1e-6, scaled to this tiny model's lr)
     "ppo": {"advantage": "gae", "prompts_per_step": 128, "group_size": 1, "critic_learning_rate": 1e-3},
@@ -54,6 +56,7 @@ ALGORITHMS: dict[str, dict] = {
 
 def run(name: str, seed: int, seconds: float, folder: Path) -> dict:
     config = TrainConfig(**ALGORITHMS[name], seed=seed, max_steps=100_000, time_budget_seconds=seconds, eval_every=0,
+                         eval_out_of_distribution=False,  # the held-out split only, as before it existed
                          checkpoint_every=0, report_to=["none"], output_dir=str(folder / f"{name}-{seed}"))
     records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward/mean" in r]

@@ -35,20 +35,26 @@ def local_cluster():
 # ---- data-parallel ranks ---------------------------------------------------------------------------------
 
 def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
-    """{aggregation: (weights after one SGD step of lr 1, i.e. the weights minus the gradient; the loss)}."""
+    """{aggregation: (weights after one SGD step of lr 1, i.e. the weights minus the gradient; the loss)}. With a
+    sharded `parallel`, the model is split with FSDP2 first and the full weights are gathered back."""
+    from r1zero.distributed import shard
+
     results = {}
     for aggregation in aggregations:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+        if parallel is not None and parallel.sharded:
+            shard(model)
         config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, kl_coef=0.1, max_new_tokens=6,
                              loss_aggregation=aggregation, max_grad_norm=0.0)
         stats = update_policy(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, plan,
                               UpdateSettings.from_config(config), parallel)
-        results[aggregation] = (torch.cat([p.detach().flatten() for p in model.parameters()]), stats.loss)
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        results[aggregation] = (torch.cat([p.detach().flatten() for p in full]), stats.loss)
     return results
 
 
 @ray.remote(num_cpus=0.5)
-def rank_updates(rank, world, host, port, model_dir, rollout, plan, aggregations):
+def rank_updates(rank, world, host, port, model_dir, rollout, plan, aggregations, sharded=False):
     import torch.distributed as dist
 
     from r1zero.distributed import DataParallel
@@ -56,12 +62,21 @@ def rank_updates(rank, world, host, port, model_dir, rollout, plan, aggregations
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=world)
     try:
-        return aggregation_updates(model_dir, rollout, plan, aggregations, DataParallel(rank, world))
+        parallel = DataParallel(rank, world, sharded)
+        results = aggregation_updates(model_dir, rollout, plan, aggregations, parallel)
+        if sharded:  # each rank held about half of every weight
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+            total = sum(p.numel() for p in model.parameters())
+            from r1zero.distributed import shard
+            shard(model)
+            results["held"] = sum(p.to_local().numel() for p in model.parameters()) / total
+        return results
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama_dir):
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "fsdp"])
+def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama_dir, sharded):
     # Six rows of 3, 5, 1, 4, 2 and 6 tokens in micro-batches of 3 rows: rank 0 gets 2 rows of each, rank 1 one,
     # so the ranks hold different token counts and "token" mode is right only if each divides by the minibatch's
     # global count (sum over ranks of its tokens / 21), not by its own.
@@ -76,8 +91,10 @@ def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama
     aggregations = ("sequence", "token", "constant")
     single = aggregation_updates(str(llama_dir), rollout, plan, aggregations)
     port = free_port()
-    ranks = ray.get([rank_updates.remote(rank, 2, "127.0.0.1", port, str(llama_dir), rollout, plan, aggregations)
-                     for rank in range(2)])
+    ranks = ray.get([rank_updates.remote(rank, 2, "127.0.0.1", port, str(llama_dir), rollout, plan, aggregations,
+                                         sharded) for rank in range(2)])
+    if sharded:  # FSDP2 split every parameter in two along its first dimension
+        assert [rank["held"] for rank in ranks] == pytest.approx([0.5, 0.5], abs=0.02)
     initial = torch.cat([p.detach().flatten() for p in
                          AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64).parameters()])
     for aggregation in aggregations:
@@ -129,6 +146,26 @@ def test_metrics_do_not_depend_on_rollout_workers_or_ranks(llama_dir, tmp_path, 
     assert len(steps) == 3 and all(r["ray/rollout_worker_restarts"] == 0 for r in steps)
     assert all(r["time/weight_sync_seconds"] > 0 for r in steps)
     assert steps[-1]["grad_norm"] > 0  # the update really ran (on the ranks when ranks > 1)
+
+
+def test_fsdp_ranks_give_the_metrics_of_one_process(llama_dir, tmp_path, length_reward, reference_run):
+    train(tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, rollout_workers=1, train_processes=2,
+                          fsdp=True, **SHARED))
+    assert_same_metrics(read_metrics(tmp_path / "run"), reference_run)
+
+
+def test_fsdp_with_a_sharded_reference_and_lora_on_several_ranks(llama_dir, tmp_path, length_reward):
+    # the KL to the reference computed by the ranks' sharded reference model equals the one-process KL; LoRA
+    # adapters trained on two ranks equal those trained in one process (the reference then is the policy with
+    # its adapters off, on the driver)
+    for name, settings in (("kl", dict(kl_coef=0.05)), ("lora", dict(lora_rank=4, lora_alpha=8, learning_rate=5e-2))):
+        local = read_metrics(train(tiny_run_config(llama_dir, tmp_path / f"{name}-local", eval_every=2, **settings)))
+        for fsdp in (False, True):
+            records = read_metrics(train(tiny_run_config(llama_dir, tmp_path / f"{name}-{fsdp}", eval_every=2,
+                                                         train_processes=2, fsdp=fsdp, **settings, **SHARED)))
+            assert_same_metrics(records, local)
+        steps = [r for r in local if "reward/mean" in r]
+        assert steps[-1]["grad_norm"] > 0 and (name != "kl" or steps[-1]["kl"] > 0)
 
 
 def test_a_killed_rollout_worker_is_replaced_and_the_run_is_unchanged(llama_dir, tmp_path, length_reward,
@@ -239,7 +276,7 @@ def test_ray_settings_are_checked_before_anything_starts():
             (dict(ray_address="head-node"), "neither 'auto' nor HOST:PORT"),
             (dict(train_processes=0), "train_processes: must be >= 1"),
             (dict(train_processes=2, advantage="gae"), "critic-free algorithms only"),
-            (dict(train_processes=2, lora_rank=4), "ranks train full weights only"),
+            (dict(fsdp=True), "fsdp: shards the training state over learner ranks, so it needs train_processes >= 2"),
             (dict(rollout_workers=-1), "rollout_workers: must be >= 0"),
             (dict(ray_worker_cpus=0), "ray_worker_cpus: must be > 0")):
         with pytest.raises(ConfigError, match=message):

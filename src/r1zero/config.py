@@ -59,7 +59,10 @@ class TrainConfig:
     device: str = "auto"
     """"cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available, else CPU)."""
     dtype: str = "float32"
-    """Parameter dtype: float32, bfloat16 or float16. bfloat16 halves memory on GPU; on CPU keep float32."""
+    """float32; bfloat16: mixed precision as peers do it (float32 master weights, gradients and AdamW state,
+    forward and backward under torch.autocast in bfloat16; the reference model held in bfloat16); float16:
+    half-precision parameters throughout, AdamW moments included (overflows easily: for GPUs without
+    bfloat16). See the README, "Memory", for what each does on CPU and GPU."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)."""
 
@@ -134,6 +137,17 @@ class TrainConfig:
     microbatch_size: int = 0
     """Sequences per forward/backward inside a minibatch (gradient accumulation; 0: the whole minibatch, or see
     microbatch_tokens). Only memory changes, never the gradient. Must divide minibatch_size."""
+    logprob_chunk_tokens: int = 0
+    """Compute log-probabilities from the final hidden states through the output head this many tokens at a time,
+    each chunk recomputed in the backward, so the (rows x length x vocabulary) logits are never held: with a
+    152k vocabulary, 128 rows of 256 tokens would hold 20 GB of float32 logits, a chunk of 1024 tokens 0.6 GB.
+    Same values and gradients (tested). 0: the whole logits at once. Models whose logits are not plain
+    head(hidden) (softcapping, logit scales) always use the whole logits."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing (transformers'): each decoder layer keeps only its input and recomputes the rest
+    in the backward, for the policy and the critic, with LoRA too. About a third more compute for a fraction of
+    the activation memory; completions then run after their own copy of the prompt (a checkpointed layer keeps
+    no KV cache to share). Same gradients (tested)."""
     microbatch_tokens: int = 0
     """With microbatch_size 0: sort the minibatch's rows by length and pack them into micro-batches of at most this
     many padded tokens (rows x longest row), each cut to its longest row, so uneven lengths cost little padding
@@ -254,7 +268,14 @@ class TrainConfig:
     train_processes: int = 1
     """Ranks of the data-parallel update (torch.distributed: gloo on CPU, nccl on GPU), each a Ray actor working
     on its share of every micro-batch; gradients are summed across ranks, so the step equals the one-process step.
-    1: update in the training process. Not yet with a critic (PPO) or LoRA."""
+    1: update in the training process. With LoRA the ranks train the adapters; not yet with a critic (PPO). See
+    fsdp for sharding."""
+    fsdp: bool = False
+    """With train_processes K >= 2: shard the policy's parameters, gradients and AdamW state over the K ranks with
+    torch's FSDP2 (fully_shard on each decoder layer, then the root), and hold the reference model on the ranks,
+    sharded the same way: each rank keeps about 1/K of the training state. The step equals one process's (tested);
+    checkpoints keep their format (the optimiser state gathered on rank 0). The driver still holds one full copy
+    of the policy, for generation, evaluation and checkpoints."""
     ray_address: str = ""
     """Ray cluster to join: "auto" (the cluster `ray start` made on this machine) or HOST:PORT. Empty: with
     rollout_workers or train_processes > 1, start a private Ray instance on this machine. With Ray on, the
@@ -416,9 +437,9 @@ class TrainConfig:
         elif self.train_processes > 1 and self.advantage == "gae":
             problems.append(f"train_processes: {self.train_processes} ranks work with the critic-free algorithms "
                             f"only for now; with advantage 'gae' (PPO, a critic) use 1")
-        if self.train_processes > 1 and self.lora_rank:
-            problems.append("train_processes: ranks train full weights only for now; with lora_rank > 0 use 1 "
-                            "(rollout_workers work with LoRA: they receive the merged weights)")
+        if self.fsdp and self.train_processes < 2:
+            problems.append(f"fsdp: shards the training state over learner ranks, so it needs train_processes >= 2, "
+                            f"got {self.train_processes}")
         host, _, port = self.ray_address.rpartition(":")
         if self.ray_address not in ("", "auto") and not (host and port.isdigit()):
             problems.append(f"ray_address: {self.ray_address!r} is neither 'auto' nor HOST:PORT (e.g. 10.0.0.1:6379)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from r1zero import algorithms
-from r1zero.models import DTYPES, shared_prompt_forward
+from r1zero.models import DTYPES, autocast, enable_checkpointing, states_before_tokens
 from r1zero.update import Minibatch, Rollout, Sequences, UpdateSettings, minibatch_steps
 
 HEAD_FILE = "value_head.pt"
@@ -33,16 +33,19 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_base(cls, path, dtype: str, device: torch.device) -> "ValueModel":
+    def from_base(cls, path, dtype: str | torch.dtype, device: torch.device,
+                  gradient_checkpointing: bool = False) -> "ValueModel":
         from transformers import AutoModel
 
-        return cls(AutoModel.from_pretrained(path, dtype=DTYPES[dtype])).to(device)
+        backbone = AutoModel.from_pretrained(path, dtype=DTYPES.get(dtype, dtype))
+        return cls(enable_checkpointing(backbone, gradient_checkpointing)).to(device)
 
     def completion_values(self, sequences: Sequences) -> torch.Tensor:
-        """(n, T) V(s_t) for each completion token, in float32 or wider."""
-        hidden = shared_prompt_forward(self.backbone, sequences.prompt_ids, sequences.prompt_mask,
-                                       sequences.group_index, sequences.completion_ids, sequences.completion_mask,
-                                       field="last_hidden_state")  # (n, T, H)
+        """(n, T) V(s_t) for each completion token, in float32 or wider. (The head has one output, so there is
+        no vocabulary to chunk over; under checkpointing the backbone runs whole sequences.)"""
+        hidden = states_before_tokens(self.backbone, sequences.prompt_ids, sequences.prompt_mask,
+                                      sequences.group_index, sequences.completion_ids, sequences.completion_mask,
+                                      field="last_hidden_state")  # (n, T, H)
         values = self.head(hidden).squeeze(-1)  # (n, T)
         return values if values.dtype == torch.float64 else values.float()
 
@@ -61,9 +64,11 @@ class Critic:
     """The value model with its own optimiser: `values` scores a step's sequences, `update` regresses them on the
     returns with PPO's clipped value loss, on the policy's minibatch plan."""
 
-    def __init__(self, model: ValueModel, learning_rate: float, weight_decay: float, value_clip: float):
+    def __init__(self, model: ValueModel, learning_rate: float, weight_decay: float, value_clip: float,
+                 compute: torch.dtype | None = None):
         self.model = model
         self.value_clip = value_clip  # 0: no clipping
+        self.compute = compute  # autocast dtype (mixed precision), or None
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     @torch.no_grad()
@@ -71,8 +76,9 @@ class Critic:
         """(N, T) values without gradient, `chunk` rows at a time; 0 on padding."""
         self.model.eval()
         count = len(sequences.completion_ids)
-        values = torch.cat([self.model.completion_values(sequences.rows(slice(s, s + chunk)))
-                            for s in range(0, count, chunk)])
+        with autocast(self.model, self.compute):
+            values = torch.cat([self.model.completion_values(sequences.rows(slice(s, s + chunk)))
+                                for s in range(0, count, chunk)])
         return values * sequences.completion_mask
 
     def update(self, rollout: Rollout, plan: list[Minibatch], settings: UpdateSettings) -> CriticStats:
@@ -82,7 +88,8 @@ class Critic:
         self.model.train()
 
         def micro_loss(micro: Rollout, weights: torch.Tensor):
-            values = self.model.completion_values(micro)  # (n, t)
+            with autocast(self.model, self.compute):
+                values = self.model.completion_values(micro)  # (n, t)
             value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)
             clipped = (value_loss.is_clipped.float() * micro.completion_mask).sum().item()
             return (value_loss.per_token_loss * weights).sum(), {"value_clip_fraction": clipped}

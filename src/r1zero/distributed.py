@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from r1zero.config import ConfigError, TrainConfig
-from r1zero.models import DTYPES
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
@@ -73,10 +72,15 @@ def plain_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def weights_to_arrays(model) -> dict[str, tuple[str, np.ndarray]]:
-    """{name: (dtype name, array)} of the model's plain state dict (plain_state_dict) on CPU; numpy arrays travel
-    through Ray's object store without a copy per reader (bfloat16, which numpy lacks, travels as its 16 bits)."""
+    """The model's plain state dict (plain_state_dict: LoRA merged) as arrays (state_to_arrays)."""
+    return state_to_arrays(plain_state_dict(model))
+
+
+def state_to_arrays(state: dict) -> dict[str, tuple[str, np.ndarray]]:
+    """{name: (dtype name, array)} of a state dict on CPU; numpy arrays travel through Ray's object store without a
+    copy per reader (bfloat16, which numpy lacks, travels as its 16 bits)."""
     arrays = {}
-    for name, tensor in plain_state_dict(model).items():
+    for name, tensor in state.items():
         tensor = tensor.detach().cpu()
         dtype = str(tensor.dtype).removeprefix("torch.")
         arrays[name] = (dtype, (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy())
@@ -271,13 +275,19 @@ class RolloutWorkers:
 class DataParallel:
     """This process's place in a torch.distributed group, for update.minibatch_steps."""
 
-    def __init__(self, rank: int, world: int):
+    def __init__(self, rank: int, world: int, sharded: bool = False):
         self.rank, self.world = rank, world
+        self.sharded = sharded  # FSDP: gradients are reduced inside the backward; every rank runs every forward
 
     def sum_over_ranks(self, parameters: list, sums: dict[str, float]) -> dict[str, float]:
-        """Sum every parameter's gradient (in place) and the `sums` over all ranks, in one all-reduce."""
+        """Sum the `sums` over all ranks and, unless FSDP already reduced them in the backward, every parameter's
+        gradient (in place), in one all-reduce."""
         import torch.distributed as dist
 
+        if self.sharded:
+            totals = torch.tensor(list(sums.values()), dtype=torch.float64)
+            dist.all_reduce(totals)
+            return dict(zip(sums, totals.tolist()))
         for parameter in parameters:
             if parameter.requires_grad and parameter.grad is None:  # a rank whose share was empty
                 parameter.grad = torch.zeros_like(parameter)
@@ -298,31 +308,102 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class LearnerRank:
-    """A Ray actor: rank `rank` of the data-parallel update, with its own policy copy and AdamW."""
+def shard(model) -> None:
+    """FSDP2: each decoder layer its own unit, then the root (embeddings, final norm, output head, whatever is
+    left); parameters, gradients and optimiser state are split over the ranks. Gradients are summed, not averaged:
+    each rank's loss already carries the whole minibatch's weights (update.minibatch_steps)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    def __init__(self, rank: int, world: int, model_config, generation_config, arrays, optimizer_state,
-                 config: TrainConfig, settings: UpdateSettings, device: str):
-        torch.set_num_threads(worker_threads(config))
-        self.rank, self.world, self.settings = rank, world, settings
-        self.device = torch.device(device)
-        self.model = model_from_config(model_config, generation_config, DTYPES[config.dtype], self.device)
-        load_arrays(self.model, arrays)
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no pre-multiplied sum)
+
+
+def decoder_layers(model) -> list:
+    """The decoder's layers (model.model.layers for Llama-style models, through a peft wrapper too)."""
+    from r1zero.models import decoder_of
+
+    decoder = decoder_of(model)
+    for name in ("layers", "h", "blocks"):
+        if isinstance(getattr(decoder, name, None), torch.nn.ModuleList):
+            return list(getattr(decoder, name))
+    raise ValueError(f"fsdp: cannot find the decoder layers of {type(decoder).__name__} (no .layers, .h or .blocks)")
+
+
+def trainable_names(model) -> list[str]:
+    """The names of the trainable parameters, in the order AdamW sees them (the index of a torch optimizer state)."""
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
+    """A torch optimizer state_dict (parameters numbered) with each number replaced by its parameter's name: the
+    form torch.distributed.checkpoint's full state dicts take."""
+    return {"state": {names[index]: value for index, value in state["state"].items()},
+            "param_groups": [{**group, "params": [names[index] for index in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+def optimizer_state_by_index(state: dict, names: list[str]) -> dict:
+    """The inverse of optimizer_state_by_name: the form optimizer.state_dict() has, as checkpoints keep it."""
+    index = {name: number for number, name in enumerate(names)}
+    return {"state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+class LearnerRank:
+    """A Ray actor: rank `rank` of the data-parallel update, with its own policy copy (its shard of it with FSDP)
+    and AdamW; with FSDP also its shard of the reference model."""
+
+    def __init__(self, rank: int, world: int, spec: "LearnerSpec", arrays, reference_arrays):
+        torch.set_num_threads(spec.threads)
+        self.rank, self.world, self.spec = rank, world, spec
+        self.device = torch.device(spec.device)
+        self.model = spec.build(arrays, self.device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
-        self.optimizer.load_state_dict(optimizer_state)
+        self.reference = None
+        if reference_arrays is not None:  # FSDP: the reference lives here, sharded like the policy
+            self.reference = model_from_config(spec.model_config, spec.generation_config, spec.reference_dtype,
+                                               self.device)
+            load_arrays(self.reference, reference_arrays)
+            self.reference.eval().requires_grad_(False)
+        self.optimizer = None  # made in join(), after sharding
 
     def address(self) -> tuple[str, int]:
         import ray
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def join(self, host: str, port: int) -> None:
+    def join(self, host: str, port: int, optimizer_state: dict) -> None:
+        """Enter the process group; with FSDP shard the models; make AdamW and load `optimizer_state` (numbered,
+        as optimizer.state_dict() gives it)."""
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
                                 rank=self.rank, world_size=self.world)
+        names = trainable_names(self.model)
+        if self.spec.fsdp:
+            shard(self.model)
+            if self.reference is not None:
+                shard(self.reference)
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
+        if not self.spec.fsdp:
+            self.optimizer.load_state_dict(optimizer_state)
+            return
+        if not optimizer_state["state"]:
+            return  # a fresh AdamW: nothing to load (the learning rate comes with every update)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        known = set(self.optimizer.param_groups[0])  # the driver's scheduler adds keys (initial_lr) ranks lack
+        state = optimizer_state_by_name(optimizer_state, names)
+        state["param_groups"] = [{key: value for key, value in group.items() if key in known}
+                                 for group in state["param_groups"]]
+        set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def update(self, rollout, plan, learning_rate: float):
         """This rank's part of update.update_policy; rank 0 also returns the new weights (else None)."""
@@ -331,33 +412,94 @@ class LearnerRank:
         plan = [minibatch._replace(rows=minibatch.rows.to(self.device),
                                    micro_batches=[p.to(self.device) for p in minibatch.micro_batches])
                 for minibatch in plan]
-        stats = update_policy(self.model, self.optimizer, rollout.to(self.device), plan, self.settings,
-                              parallel=DataParallel(self.rank, self.world))
-        return stats, weights_to_arrays(self.model) if self.rank == 0 else None
+        stats = update_policy(self.model, self.optimizer, rollout.to(self.device), plan, self.spec.settings,
+                              parallel=DataParallel(self.rank, self.world, self.spec.fsdp))
+        state = self.full_state()  # every rank takes part in the gather; rank 0 keeps the result
+        return stats, state_to_arrays(state) if self.rank == 0 else None
 
-    def optimizer_state(self) -> dict:
-        return self.optimizer.state_dict()
+    def full_state(self) -> dict:
+        """The whole model's state dict on rank 0 (FSDP: gathered from the shards; empty on the other ranks)."""
+        if not self.spec.fsdp:
+            return self.model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    @torch.no_grad()
+    def reference_logprobs(self, sequences, share: list[int], chunk_tokens: int):
+        """Reference log-probabilities of the rows `share` of the step's sequences (padded by repeating its last
+        row to the same count on every rank: each runs the same sharded forwards); (len(share), T)."""
+        from r1zero.update import score_logprobs
+
+        rows = torch.tensor(share, device=self.device)
+        sequences = sequences.to(self.device).rows(rows)
+        logprobs = score_logprobs(self.reference, sequences, len(share), chunk_tokens, self.spec.settings.compute,
+                                  single_pass=True)
+        return logprobs.cpu()
+
+    def optimizer_state(self) -> dict | None:
+        """The optimiser's state, numbered as optimizer.state_dict() numbers it (FSDP: gathered on rank 0)."""
+        if not self.spec.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(self.model, self.optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return optimizer_state_by_index(state, trainable_names(self.model)) if self.rank == 0 else None
+
+
+class LearnerSpec:
+    """What a learner rank needs to build its model: the architecture, dtypes, LoRA and the update's settings
+    (never the whole TrainConfig), sent once."""
+
+    def __init__(self, policy, config: TrainConfig, settings: UpdateSettings, device: torch.device):
+        from r1zero.models import PRECISIONS
+
+        base = policy.get_base_model() if hasattr(policy, "peft_config") else policy
+        self.model_config, self.generation_config = base.config, base.generation_config
+        self.lora = policy.peft_config["default"] if hasattr(policy, "peft_config") else None
+        precision = PRECISIONS[config.dtype]
+        self.parameter_dtype, self.reference_dtype = precision.parameters, precision.reference
+        self.gradient_checkpointing, self.fsdp = config.gradient_checkpointing, config.fsdp
+        self.learning_rate, self.weight_decay = config.learning_rate, config.weight_decay
+        self.settings, self.threads, self.device = settings, worker_threads(config), str(device)
+
+    def build(self, arrays, device):
+        """The policy from its config, with LoRA adapters when the driver's has them, loaded with `arrays` (the
+        driver's state dict: adapters included, not merged)."""
+        from r1zero.models import enable_checkpointing
+
+        model = model_from_config(self.model_config, self.generation_config, self.parameter_dtype, device)
+        enable_checkpointing(model, self.gradient_checkpointing)
+        if self.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, self.lora)
+        load_arrays(model, arrays)
+        return model
 
 
 class Learners:
     """K LearnerRank actors, launched and supervised through Ray; update() is update.update_policy on K ranks."""
 
     def __init__(self, world: int, policy, optimizer, config: TrainConfig, settings: UpdateSettings,
-                 device: torch.device):
+                 device: torch.device, reference=None):
         import ray
 
-        self.ray = ray
+        self.ray, self.world, self.lora = ray, world, hasattr(policy, "peft_config")
         actor = ray.remote(LearnerRank).options(**actor_options(config, device))
-        arrays = ray.put(weights_to_arrays(policy))
-        self.ranks = [actor.remote(rank, world, policy.config, policy.generation_config, arrays,
-                                   optimizer.state_dict(), config, settings, str(device)) for rank in range(world)]
+        spec = LearnerSpec(policy, config, settings, device)
+        arrays = ray.put(state_to_arrays(policy.state_dict()))
+        reference_arrays = None if reference is None else ray.put(state_to_arrays(reference.state_dict()))
+        self.sharded_reference = reference is not None
+        self.ranks = [actor.remote(rank, world, spec, arrays, reference_arrays) for rank in range(world)]
         host, port = self._get([self.ranks[0].address.remote()])[0]
-        self._get([rank.join.remote(host, port) for rank in self.ranks])
+        self._get([rank.join.remote(host, port, optimizer.state_dict()) for rank in self.ranks])
 
     def update(self, rollout, plan, learning_rate: float, policy):
         """One update on every rank; the new weights are loaded into `policy` (the driver's copy). Returns rank 0's
-        PolicyStats (every rank computes the same sums) and the ObjectRef of the weights (for
-        RolloutWorkers.publish: no second copy)."""
+        PolicyStats (every rank computes the same sums) and the ObjectRef of the weights for
+        RolloutWorkers.publish (no second copy), or None with LoRA (the workers need them merged)."""
         rollout = self.ray.put(rollout.to("cpu"))
         plan = self.ray.put([minibatch._replace(rows=minibatch.rows.cpu(),
                                                 micro_batches=[p.cpu() for p in minibatch.micro_batches])
@@ -365,10 +507,22 @@ class Learners:
         results = [rank.update.options(num_returns=2).remote(rollout, plan, learning_rate) for rank in self.ranks]
         metrics = self._get([metric for metric, _ in results])[0]
         load_arrays(policy, self._get([results[0][1]])[0])
-        return metrics, results[0][1]
+        return metrics, None if self.lora else results[0][1]
+
+    def reference_logprobs(self, sequences, chunk_tokens: int) -> torch.Tensor:
+        """(N, T) reference log-probabilities from the ranks' sharded reference, each rank a contiguous share of
+        the rows (the last share padded to the others' size)."""
+        count = len(sequences.completion_ids)
+        blocks = [block.tolist() for block in np.array_split(np.arange(count), self.world)]
+        size = max(len(block) for block in blocks)
+        shares = [block + [block[-1] if block else count - 1] * (size - len(block)) for block in blocks]
+        sequences = self.ray.put(sequences.to("cpu"))
+        pieces = self._get([rank.reference_logprobs.remote(sequences, share, chunk_tokens)
+                            for rank, share in zip(self.ranks, shares)])
+        return torch.cat([piece[:len(block)] for piece, block in zip(pieces, blocks)])
 
     def optimizer_state(self) -> dict:
-        return self._get([self.ranks[0].optimizer_state.remote()])[0]
+        return self._get([rank.optimizer_state.remote() for rank in self.ranks])[0]  # every rank gathers
 
     def _get(self, references: list):
         from ray.exceptions import RayActorError

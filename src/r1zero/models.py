@@ -8,12 +8,40 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+import contextlib
+from typing import NamedTuple
+
 import torch
+import torch.utils.checkpoint
 
 from r1zero.algorithms import entropy_from_logits, token_logprobs
 
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"  # the built-in base model (r1zero.pretrain)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Precision(NamedTuple):
+    """What the dtype setting means for each copy of the weights."""
+
+    parameters: torch.dtype  # the trained weights, their gradients and AdamW's moments
+    compute: torch.dtype | None  # forward and backward under torch.autocast in this dtype; None: the parameters'
+    reference: torch.dtype  # the frozen reference model (no gradients, no optimiser state)
+
+
+PRECISIONS = {
+    "float32": Precision(torch.float32, None, torch.float32),
+    # mixed precision as peers do it: float32 master weights and optimiser state, bfloat16 matrix products
+    "bfloat16": Precision(torch.float32, torch.bfloat16, torch.bfloat16),
+    # half-precision parameters throughout (AdamW moments too): overflows easily; for GPUs without bfloat16
+    "float16": Precision(torch.float16, None, torch.float16),
+}
+
+
+def autocast(model, compute: torch.dtype | None):
+    """torch.autocast in `compute` on the model's device type, or a context that changes nothing for None."""
+    if compute is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=compute)
 
 
 def resolve_model_path(model: str) -> Path:
@@ -76,11 +104,12 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_model(path: Path, dtype: str, device: torch.device, trainable: bool = True):
-    """A causal LM from a local folder; `trainable=False` gives a frozen copy in eval mode (the reference)."""
+def load_model(path: Path, dtype: str | torch.dtype, device: torch.device, trainable: bool = True):
+    """A causal LM from a local folder with parameters in `dtype` (a DTYPES name or a torch dtype);
+    `trainable=False` gives a frozen copy in eval mode (the reference)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES.get(dtype, dtype)).to(device)
     model.train(trainable)
     if not trainable:
         model.eval()
@@ -189,13 +218,136 @@ def length_buckets(lengths: torch.Tensor, bucket_cost: int) -> list[tuple[torch.
     return [(order[first:end], int(widths[end - 1])) for first, end in reversed(cuts)]
 
 
+def activation_checkpointing(model) -> bool:
+    """Whether a forward now runs checkpointed layers: checkpointing on (--gradient-checkpointing), training mode,
+    gradients on. transformers' checkpointed layers then drop any KV cache, which shared_prompt_forward needs."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (base.training and torch.is_grad_enabled()):
+        return False
+    return bool(getattr(base, "is_activation_checkpointing", False))
+
+
+def full_sequence_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor, field: str = "logits",
+                          bucket_cost: int | None = BUCKET_COST) -> torch.Tensor:
+    """What shared_prompt_forward returns, (n, T, D) states before each completion token, with each completion
+    run after its own copy of its prompt and no KV cache: for checkpointed layers (which drop any cache) and for
+    FSDP ranks (bucket_cost None: one forward per call, so that every rank runs the same collectives). The prompt
+    costs once per completion instead of once per group. Buckets of similar lengths as in shared_prompt_forward."""
+    count, width = completion_ids.shape
+    every_row = [(torch.arange(count, device=completion_ids.device), width)]
+    buckets = None if bucket_cost is None else length_buckets(completion_mask.sum(-1).long(), bucket_cost)
+    keep_logits = field == "logits" and forward_takes(model, "logits_to_keep")
+    pieces = []
+    for rows, bucket_width in buckets or every_row:
+        prompts = group_index[rows]  # (r,)
+        ids = torch.cat([prompt_ids[prompts], completion_ids[rows, :bucket_width]], dim=1)  # (r, P+t)
+        mask = torch.cat([prompt_mask[prompts], completion_mask[rows, :bucket_width].to(prompt_mask.dtype)], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (r, P+t)
+        keep = {"logits_to_keep": bucket_width + 1} if keep_logits else {}
+        output = getattr(model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep),
+                         field)  # (r, P+t or t+1, D)
+        piece = output[:, -(bucket_width + 1):-1]  # (r, t, D): the last prompt token, then each completion token
+        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
+    if len(pieces) == 1:
+        return pieces[0]
+    order = torch.cat([rows for rows, _ in buckets])  # (n,) the row at each sorted position
+    return torch.cat(pieces)[torch.argsort(order)]  # (n, T, D) back in row order
+
+
+def states_before_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
+                         completion_ids: torch.Tensor, completion_mask: torch.Tensor, field: str = "logits",
+                         single_pass: bool = False) -> torch.Tensor:
+    """(n, T, D): the model's `field` at the position before each completion token. Prompts shared through the KV
+    cache (shared_prompt_forward), or, under activation checkpointing or with single_pass, whole sequences
+    (full_sequence_forward; single_pass: in one forward). The same numbers either way (tested)."""
+    if single_pass or activation_checkpointing(model):
+        return full_sequence_forward(model, prompt_ids, prompt_mask, group_index, completion_ids, completion_mask,
+                                     field, bucket_cost=None if single_pass else BUCKET_COST)
+    return shared_prompt_forward(model, prompt_ids, prompt_mask, group_index, completion_ids, completion_mask, field)
+
+
+PLAIN_HEAD_MODELS = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "olmo2", "smollm3")  # logits = lm_head(h)
+
+
+def plain_output_head(model) -> torch.nn.Module | None:
+    """The output layer when the model's logits are exactly head(last hidden state) (no softcapping or scaling):
+    then log-probabilities can be computed from the hidden states chunk by chunk. None otherwise."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in ("final_logit_softcapping", "logit_scale",
+                                                                           "logits_scaling")):
+        return None
+    return base.get_output_embeddings()
+
+
+def decoder_of(model):
+    """The transformer under the output head (LlamaModel inside LlamaForCausalLM; through a peft wrapper, whose
+    LoRA layers sit inside it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
+
+
+def _head_logprobs(head, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
+    """log pi(target) (c,) and, without gradient, the entropy (c,) of head(states) (c, H): float32 or wider."""
+    logits = head(states)  # (c, V)
+    logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    normaliser = torch.logsumexp(logits, dim=-1)  # (c,)
+    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser  # (c,)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            detached = logits.detach()
+            entropy = normaliser.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)  # (c,)
+    return logprobs, entropy
+
+
+def chunked_head_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, mask: torch.Tensor, chunk_tokens: int,
+                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (n, T) of `tokens` from the hidden states (n, T, H) before them, through the output
+    `head`, chunk_tokens real tokens at a time: neither the (n, T, V) logits nor their softmax is ever held, only
+    one chunk's (chunk_tokens, V). With gradients, each chunk is checkpointed (its logits recomputed in the
+    backward). Padding (mask 0) is skipped and gets log-probability 0 and entropy 0."""
+    count, width, size = hidden.shape
+    positions = mask.reshape(-1).nonzero().squeeze(-1)  # (K,) the real tokens
+    states = hidden.reshape(-1, size).index_select(0, positions)  # (K, H)
+    targets = tokens.reshape(-1).index_select(0, positions).long()  # (K,)
+    logprob_pieces, entropy_pieces = [], []
+    for start in range(0, len(positions), chunk_tokens):
+        piece = (head, states[start:start + chunk_tokens], targets[start:start + chunk_tokens], with_entropy)
+        if states.requires_grad:
+            logprobs, entropy = torch.utils.checkpoint.checkpoint(_head_logprobs, *piece, use_reentrant=False)
+        else:
+            logprobs, entropy = _head_logprobs(*piece)
+        logprob_pieces.append(logprobs)
+        entropy_pieces.append(entropy)
+    dtype = logprob_pieces[0].dtype if logprob_pieces else torch.float32
+
+    def scatter(pieces):  # (K,) values back to their (n, T) places, 0 on padding
+        flat = torch.zeros(count * width, dtype=dtype, device=hidden.device)
+        return (flat.index_copy(0, positions, torch.cat(pieces)) if pieces else flat).view(count, width)
+
+    return scatter(logprob_pieces), scatter(entropy_pieces) if with_entropy else None
+
+
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities of completion tokens (and their entropy, without gradient), each prompt run once
-    (`shared_prompt_forward`). Shapes as there; returns (n, T) and (n, T) or None."""
-    logits = shared_prompt_forward(model, prompt_ids, prompt_mask, group_index, completion_ids,
-                                   completion_mask)  # (n, T, V): predicts token t
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor, with_entropy: bool = False,
+                        chunk_tokens: int = 0, single_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities of completion tokens (and their entropy, without gradient), (n, T) each (or None).
+
+    chunk_tokens > 0 (and a plain output head): from the final hidden states through the head, chunk_tokens
+    tokens at a time (chunked_head_logprobs); 0: the whole (n, T, V) logits at once. The states come from
+    states_before_tokens (prompts shared through the KV cache, or whole sequences under checkpointing or with
+    single_pass). The same values and gradients either way (tested)."""
+    head = plain_output_head(model) if chunk_tokens else None
+    if head is not None:
+        hidden = states_before_tokens(decoder_of(model), prompt_ids, prompt_mask, group_index, completion_ids,
+                                      completion_mask, "last_hidden_state", single_pass)  # (n, T, H)
+        return chunked_head_logprobs(hidden, head, completion_ids, completion_mask, chunk_tokens, with_entropy)
+    logits = states_before_tokens(model, prompt_ids, prompt_mask, group_index, completion_ids, completion_mask,
+                                  "logits", single_pass)  # (n, T, V): predicts token t
     logprobs = token_logprobs(logits, completion_ids)  # (n, T)
     entropy = None
     if with_entropy:
@@ -212,22 +364,36 @@ def full_sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     return token_logprobs(logits[:, prompt_width - 1:-1], input_ids[:, prompt_width:])  # (N, T)
 
 
-def load_policy(model_path: Path, resume_from: Path | None, dtype: str, device, lora_rank: int = 0,
-                lora_alpha: float = 32.0, lora_dropout: float = 0.0, lora_target_modules=("all-linear",)):
+def load_policy(model_path: Path, resume_from: Path | None, dtype: str | torch.dtype, device, lora_rank: int = 0,
+                lora_alpha: float = 32.0, lora_dropout: float = 0.0, lora_target_modules=("all-linear",),
+                gradient_checkpointing: bool = False):
     """The trainable policy: the model at model_path, or the checkpoint resume_from; with lora_rank > 0 the base
     model with LoRA adapters (fresh, or the checkpoint's), only the adapters trainable. lora_target_modules:
-    module names, or ["all-linear"] for every linear layer but the output head."""
+    module names, or ["all-linear"] for every linear layer but the output head. gradient_checkpointing: each
+    decoder layer keeps only its input and recomputes the rest in the backward (enable_checkpointing)."""
     if not lora_rank:
-        return load_model(resume_from or model_path, dtype, device)
+        return enable_checkpointing(load_model(resume_from or model_path, dtype, device), gradient_checkpointing)
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = load_model(model_path, dtype, device)
+    base = enable_checkpointing(load_model(model_path, dtype, device), gradient_checkpointing)
     if resume_from is not None:
         return PeftModel.from_pretrained(base, resume_from, is_trainable=True)
     targets = list(lora_target_modules)
     lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
     return get_peft_model(base, lora)
+
+
+def enable_checkpointing(model, enabled: bool = True):
+    """transformers' activation checkpointing of every decoder layer, non-reentrant (so LoRA's frozen inputs
+    need no hooks, and the checkpointed layers leave FSDP's hooks outside); returns the model."""
+    if not enabled:
+        return model
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def save_model(model, tokenizer, destination: Path) -> None:

@@ -48,7 +48,7 @@ from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
 from r1zero.health import HealthMonitor, reflection_rate
-from r1zero.models import load_model, load_policy, resolve_device, save_model
+from r1zero.models import PRECISIONS, load_model, load_policy, resolve_device, save_model
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout.transformers_engine import TransformersEngine
@@ -69,6 +69,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
     try:
         if run.first_step == 1:  # the base model's numbers, before any update
             evaluate_held_out(run, 0)
+        run.started = time.time()  # the time budget and the ETA count from here
         for step in range(run.first_step, config.max_steps + 1):
             clock = StepClock()
             batch = sample_and_score(run, step)  # 1-3
@@ -126,7 +127,8 @@ class Run:
     workers: object = None  # r1zero.distributed.RolloutWorkers
     learners: object = None  # r1zero.distributed.Learners
     nonfinite_steps: int = 0  # steps in a row with skipped (non-finite) updates
-    started: float = field(default_factory=time.time)  # when training started, for the time budget and the ETA
+    started: float = field(default_factory=time.time)  # when training started (train() sets it after step 0's
+    # evaluation), for the time budget and the ETA
 
     def encode(self, examples) -> list[list[int]]:
         return encode_prompts([example.prompt for example in examples], self.config.template, self.tokenizer)
@@ -184,8 +186,10 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     if config.rollout_workers:
         workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
         workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
-    if config.train_processes > 1:
-        learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device)
+    if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
+        learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
+                                        reference if config.fsdp else None)
+        reference = None if config.fsdp else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
@@ -226,15 +230,16 @@ def open_output(config: TrainConfig, resume: bool) -> tuple[Path, Path | None, T
 def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None, device):
     """The policy (from the checkpoint when resuming), the frozen reference (only with a KL term; with LoRA the
     policy with its adapters switched off is the reference: no second copy) and PPO's critic."""
-    policy = load_policy(model_path, resume_from, config.dtype, device, config.lora_rank, config.lora_alpha,
-                         config.lora_dropout, config.lora_target_modules)
+    precision = PRECISIONS[config.dtype]
+    policy = load_policy(model_path, resume_from, precision.parameters, device, config.lora_rank, config.lora_alpha,
+                         config.lora_dropout, config.lora_target_modules, config.gradient_checkpointing)
     reference = None
     if config.kl_coef > 0 and not config.lora_rank:
-        reference = load_model(model_path, config.dtype, device, trainable=False)
+        reference = load_model(model_path, precision.reference, device, trainable=False)
     critic = None
     if config.advantage == "gae":
-        critic = Critic(ValueModel.from_base(model_path, config.dtype, device), config.critic_learning_rate,
-                        config.weight_decay, config.value_clip)
+        critic = Critic(ValueModel.from_base(model_path, precision.parameters, device, config.gradient_checkpointing),
+                        config.critic_learning_rate, config.weight_decay, config.value_clip, precision.compute)
     return policy, reference, critic
 
 
@@ -285,8 +290,15 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
     sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device)
     count = len(batch.completions)
     chunk = config.microbatch_size or config.minibatch_size or count
-    ref_logprobs = reference_logprobs(run.policy, run.reference, sequences, chunk) if kl is not None else None
-    old_logprobs = score_logprobs(run.policy, sequences, chunk) if run.settings.needs_old_logprobs(count) else None
+    chunk_tokens, compute = run.settings.logprob_chunk_tokens, run.settings.compute
+    ref_logprobs = None
+    if kl is not None and run.learners is not None and run.learners.sharded_reference:
+        ref_logprobs = run.learners.reference_logprobs(sequences, chunk_tokens).to(device)
+    elif kl is not None:
+        ref_logprobs = reference_logprobs(run.policy, run.reference, sequences, chunk, chunk_tokens, compute)
+    old_logprobs = None
+    if run.settings.needs_old_logprobs(count):
+        old_logprobs = score_logprobs(run.policy, sequences, chunk, chunk_tokens, compute)
     loss_mask = None
     if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
         stopped = torch.tensor(batch.stopped, dtype=sequences.completion_mask.dtype, device=device)  # (N,)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from r1zero import algorithms
-from r1zero.models import completion_logprobs, left_padded
+from r1zero.models import PRECISIONS, autocast, completion_logprobs, left_padded
 
 ADVANTAGE_EPS = 1e-6  # added to the group std in grpo advantages
 
@@ -68,10 +68,12 @@ class Sequences:
         """(N,) completion lengths in tokens, on the CPU (update_plan's input)."""
         return self.completion_mask.sum(dim=1).long().cpu()
 
-    def logprobs(self, model, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(n, T) log-probabilities of these completions under `model` (and entropies, without gradient)."""
+    def logprobs(self, model, with_entropy: bool = False, chunk_tokens: int = 0,
+                 single_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, T) log-probabilities of these completions under `model` (and entropies, without gradient);
+        chunk_tokens and single_pass: see models.completion_logprobs."""
         return completion_logprobs(model, self.prompt_ids, self.prompt_mask, self.group_index, self.completion_ids,
-                                   self.completion_mask, with_entropy)
+                                   self.completion_mask, with_entropy, chunk_tokens, single_pass)
 
 
 @dataclass(frozen=True)
@@ -119,21 +121,26 @@ def pack_rollout(prompts: list[list[int]], completions: list[list[int]], group_s
 
 
 @torch.no_grad()
-def score_logprobs(model, sequences: Sequences, chunk: int) -> torch.Tensor:
-    """(N, T) completion log-probabilities under `model`, without gradient, `chunk` rows at a time."""
+def score_logprobs(model, sequences: Sequences, chunk: int, chunk_tokens: int = 0,
+                   compute: torch.dtype | None = None, single_pass: bool = False) -> torch.Tensor:
+    """(N, T) completion log-probabilities under `model`, without gradient, `chunk` rows at a time (and through
+    the output head chunk_tokens tokens at a time; under autocast in `compute`)."""
     count = len(sequences.completion_ids)
-    return torch.cat([sequences.rows(slice(start, start + chunk)).logprobs(model)[0]
-                      for start in range(0, count, chunk)])
+    with autocast(model, compute):
+        return torch.cat([sequences.rows(slice(start, start + chunk)).logprobs(model, False, chunk_tokens,
+                                                                                single_pass)[0]
+                          for start in range(0, count, chunk)])
 
 
 @torch.no_grad()
-def reference_logprobs(policy, reference, sequences: Sequences, chunk: int) -> torch.Tensor:
-    """(N, T) log-probabilities under the reference: the frozen copy, or with LoRA (reference None) the policy
-    with its adapters switched off (the base weights, which LoRA never changes)."""
+def reference_logprobs(policy, reference, sequences: Sequences, chunk: int, chunk_tokens: int = 0,
+                       compute: torch.dtype | None = None) -> torch.Tensor:
+    """(N, T) log-probabilities under the reference: the frozen copy (which runs in its own dtype), or with LoRA
+    (reference None) the policy with its adapters switched off (the base weights, which LoRA never changes)."""
     if reference is not None:
-        return score_logprobs(reference, sequences, chunk)
+        return score_logprobs(reference, sequences, chunk, chunk_tokens)
     with policy.disable_adapter():
-        return score_logprobs(policy, sequences, chunk)
+        return score_logprobs(policy, sequences, chunk, chunk_tokens, compute)
 
 
 # ---- settings, resolved once -----------------------------------------------------------------------------
@@ -185,6 +192,8 @@ class UpdateSettings:
     minibatch_size: int  # 0: the whole batch
     microbatch_size: int  # 0: the whole minibatch, or microbatch_tokens
     microbatch_tokens: int  # 0: off
+    logprob_chunk_tokens: int = 0  # tokens per chunk through the output head (0: the whole logits at once)
+    compute: torch.dtype | None = None  # the autocast dtype of mixed precision, or None
 
     @classmethod
     def from_config(cls, config) -> "UpdateSettings":
@@ -194,7 +203,8 @@ class UpdateSettings:
                                                  "loss aggregation"),
                    max_new_tokens=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
                    updates_per_batch=config.updates_per_batch, minibatch_size=config.minibatch_size,
-                   microbatch_size=config.microbatch_size, microbatch_tokens=config.microbatch_tokens)
+                   microbatch_size=config.microbatch_size, microbatch_tokens=config.microbatch_tokens,
+                   logprob_chunk_tokens=config.logprob_chunk_tokens, compute=PRECISIONS[config.dtype].compute)
 
     def needs_old_logprobs(self, count: int) -> bool:
         """Whether the generating policy's log-probabilities must be scored before the update: when the policy
@@ -293,19 +303,24 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
         optimizer.zero_grad(set_to_none=True)
         sums = dict.fromkeys(("loss", *sum_names), 0.0)
         for rows in micro_positions:
+            ghost = False  # FSDP: a rank with no rows still runs a forward and backward (the collectives must match)
             if parallel is not None:
-                rows = rows.tensor_split(parallel.world)[parallel.rank]  # this rank's share
-                if not len(rows):
+                share = rows.tensor_split(parallel.world)[parallel.rank]  # this rank's share
+                if not len(share) and not parallel.sharded:
                     continue
+                rows, ghost = (share, False) if len(share) else (rows[:1], True)
             micro = batch.rows(rows).trimmed()
-            loss, token_sums = micro_loss(micro, weights[rows][:, :micro.completion_ids.shape[1]])
+            micro_weights = weights[rows][:, :micro.completion_ids.shape[1]]  # (n, t)
+            loss, token_sums = micro_loss(micro, micro_weights * 0 if ghost else micro_weights)
             loss.backward()
-            sums["loss"] += loss.item()
-            for key, value in token_sums.items():
-                sums[key] += value
+            if not ghost:
+                sums["loss"] += loss.item()
+                for key, value in token_sums.items():
+                    sums[key] += value
         if parallel is not None:
             sums = parallel.sum_over_ranks(parameters, sums)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
         if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
             optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
             skipped += 1
@@ -344,9 +359,12 @@ def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], set
     if kl is not None and rollout.ref_logprobs is None:
         raise ValueError("the KL is a loss term, so the rollout needs ref_logprobs (reference_logprobs)")
 
+    single_pass = parallel is not None and parallel.sharded  # FSDP: every rank runs the same forwards
+
     def micro_loss(micro: Rollout, weights: torch.Tensor):
         mask = micro.token_mask  # (n, t)
-        logprobs, entropy = micro.logprobs(model, with_entropy=True)  # (n, t)
+        with autocast(model, settings.compute):
+            logprobs, entropy = micro.logprobs(model, True, settings.logprob_chunk_tokens, single_pass)  # (n, t)
         old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
         policy = settings.policy_loss(logprobs, old, micro.advantages, mask, settings.clip_low, settings.clip_high)
         per_token = policy.per_token_loss  # (n, t)

@@ -1,0 +1,151 @@
+"""r1zero.models at real sizes' needs: log-probabilities without the whole logits, activation checkpointing and
+mixed precision, each giving the numbers of the plain path."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from r1zero.config import TrainConfig
+from r1zero.critic import ValueModel
+from r1zero.models import (PRECISIONS, activation_checkpointing, autocast, chunked_head_logprobs,
+                           completion_logprobs, enable_checkpointing, full_sequence_forward, plain_output_head,
+                           shared_prompt_forward)
+from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
+
+PROMPTS = [[3, 4, 5, 6], [7, 8], [9]]
+COMPLETIONS = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [20], [21, 22]]
+
+
+def rollout():
+    return pack_rollout(PROMPTS, COMPLETIONS, 2, 0, torch.tensor([1.0, -0.5, 0.2, -1.0, 0.7, 0.1]),
+                        torch.device("cpu"))
+
+
+def gradients(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 1000])
+def test_chunked_logprobs_equal_the_whole_logits_with_their_gradients(request, architecture, chunk_tokens):
+    # 13 real tokens: chunks of 1 (13 pieces), 3 (5 pieces, the last of 1) and 1000 (one piece)
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(f"{architecture}_dir"))
+    batch = rollout()
+    mask = batch.completion_mask
+    plain, plain_entropy = batch.logprobs(model, with_entropy=True)
+    (plain * mask).sum().backward()
+    plain_gradient = gradients(model)
+    model.zero_grad()
+    chunked, chunked_entropy = batch.logprobs(model, with_entropy=True, chunk_tokens=chunk_tokens)
+    (chunked * mask).sum().backward()
+    torch.testing.assert_close(chunked * mask, plain * mask, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked_entropy * mask, plain_entropy * mask, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gradients(model), plain_gradient, atol=1e-6, rtol=1e-5)
+    assert chunked[mask == 0].abs().max() == 0  # padding is skipped, not computed
+    assert plain_output_head(model) is model.lm_head
+
+
+def test_chunked_logprobs_never_hold_more_than_a_chunk_of_logits(llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    widths = []  # the rows of every input the output head sees, forward and recomputed in the backward
+    model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[:-1]))
+    batch = rollout()
+    logprobs, _ = batch.logprobs(model, chunk_tokens=4)
+    logprobs.sum().backward()
+    # 13 tokens in chunks of 4, 4, 4, 1, each run once forward and once again in the backward
+    assert sorted(tuple(w) for w in widths) == sorted([(4,), (4,), (4,), (1,)] * 2)
+    hidden = torch.randn(2, 3, 8)
+    head = torch.nn.Linear(8, 5)
+    by_hand = torch.log_softmax(head(hidden), -1).gather(-1, torch.tensor([[1, 2, 0], [4, 4, 3]])[..., None])[..., 0]
+    chunked, _ = chunked_head_logprobs(hidden, head, torch.tensor([[1, 2, 0], [4, 4, 3]]),
+                                       torch.tensor([[1.0, 1, 0], [1, 1, 1]]), 2)
+    torch.testing.assert_close(chunked, by_hand * torch.tensor([[1.0, 1, 0], [1, 1, 1]]))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_whole_sequences_give_the_shared_prompt_numbers_and_gradients(request, architecture):
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(f"{architecture}_dir"))
+    batch, mask = rollout(), rollout().completion_mask[..., None]
+    arguments = (batch.prompt_ids, batch.prompt_mask, batch.group_index, batch.completion_ids, batch.completion_mask)
+    shared = shared_prompt_forward(model, *arguments)
+    (shared * mask).sum().backward()
+    shared_gradient = gradients(model)
+    for bucket_cost in (3, None):  # in length buckets, or all rows in one forward (FSDP's single pass)
+        model.zero_grad()
+        whole = full_sequence_forward(model, *arguments, bucket_cost=bucket_cost)
+        (whole * mask).sum().backward()
+        torch.testing.assert_close(whole * mask, shared * mask, atol=1e-5, rtol=0)
+        torch.testing.assert_close(gradients(model), shared_gradient, atol=1e-5, rtol=1e-4)
+
+
+def one_sgd_step(model, batch, **settings):
+    config = TrainConfig(prompts_per_step=3, group_size=2, max_new_tokens=4, max_grad_norm=0.0, **settings)
+    update = UpdateSettings.from_config(config)
+    plan = update_plan(batch.lengths(), update, torch.Generator().manual_seed(0), torch.device("cpu"))
+    stats = update_policy(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0),
+                          batch, plan, update)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), stats
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_takes_the_same_step(llama_dir, lora):
+    from peft import LoraConfig, get_peft_model
+
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = enable_checkpointing(AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64),
+                                     checkpointing)
+        if lora:  # adapters that start non-zero, so that their gradients depend on the layers around them
+            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                     task_type="CAUSAL_LM", init_lora_weights=False))
+        model.train()
+        assert activation_checkpointing(model) is checkpointing
+        saved = []  # every tensor autograd keeps for the backward
+        with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor.numel()) or tensor,
+                                                      lambda tensor: tensor):
+            logprobs, _ = rollout().logprobs(model, chunk_tokens=5)
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        after, stats = one_sgd_step(model, rollout(), logprob_chunk_tokens=5)
+        assert (after - before).abs().max() > 1e-4  # a real step
+        results.append((after, stats, sum(saved)))
+    (plain, plain_stats, plain_saved), (checkpointed, checkpointed_stats, checkpointed_saved) = results
+    # the checkpointed layers keep their inputs only (here a quarter of the plain path's saved numbers, whose
+    # prompts run once per group: the checkpointed path runs each prompt once per completion)
+    assert checkpointed_saved < plain_saved / 2
+    # to 1e-6, not float64's 1e-15: the plain path shares each prompt's KV cache, and transformers' cached attention
+    # differs from whole sequences by float32-sized amounts (see test_update's micro-batching test)
+    torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
+    assert checkpointed_stats.loss == pytest.approx(plain_stats.loss, abs=1e-9)
+
+
+def test_the_critic_checkpointed_gives_the_same_values_and_gradients(llama_dir):
+    results = []
+    for checkpointing in (False, True):
+        model = ValueModel.from_base(llama_dir, torch.float64, torch.device("cpu"), checkpointing).train()
+        torch.nn.init.normal_(model.head.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        values = model.completion_values(rollout()) * rollout().completion_mask  # padding holds no value
+        values.sum().backward()
+        results.append((values.detach(), gradients(model)))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=0)  # 1e-6: see the test above
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-5, rtol=1e-4)
+    assert results[0][0].abs().max() > 0.1
+
+
+def test_bfloat16_is_float32_master_weights_with_bfloat16_products(llama_dir):
+    precision = PRECISIONS["bfloat16"]
+    assert (precision.parameters, precision.compute, precision.reference) == (torch.float32, torch.bfloat16,
+                                                                              torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=precision.parameters)
+    products = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, inputs, output: products.append(output.dtype))
+    batch = rollout()
+    weights, stats = one_sgd_step(model, batch, dtype="bfloat16")
+    assert products == [torch.bfloat16, torch.bfloat16]  # the shared prompt pass and the completions, in bfloat16
+    assert weights.dtype == torch.float32 and stats.grad_norm > 0
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+    # the same step in float32 differs only by bfloat16's rounding of the products (about 3 significant digits)
+    full, _ = one_sgd_step(AutoModelForCausalLM.from_pretrained(llama_dir), batch)
+    assert (weights - full).abs().max() < 0.05 and (weights - full).abs().max() > 0
+    with autocast(model, None):
+        assert model(input_ids=torch.tensor([[3, 4]])).logits.dtype == torch.float32
