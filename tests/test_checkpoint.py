@@ -343,3 +343,45 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_metrics(llama_dir, t
             largest = max(largest, (tensor - expected_weights[name]).abs().max().item())
     print(f"{kill_points} kill points, largest metric or weight difference {largest}")
     assert largest <= 1e-6
+
+
+@pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "replicated"])
+def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_and_weights(llama_dir, tmp_path,
+                                                                                         fsdp):
+    # Two ranks; with FSDP each holds half of the policy, the reference and AdamW's moments: the checkpoint gathers
+    # the optimiser state on rank 0, in the numbered form of a one-process run, and a resume scatters it back to the
+    # shards. A run SIGKILLed during step 6 (after its step-4 checkpoint) and resumed writes the uninterrupted run's
+    # metrics and final weights. (Both fail if the checkpoint keeps the ranks' learning rate, the one their last
+    # update used, instead of the driver's schedule's next one.)
+    data_path = tmp_path / "data.jsonl"
+    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
+                                 for a in range(1, 11)))
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    settings = _settings(llama_dir, data_path) + ["--train-processes", "2", "--ray-worker-cpus", "0.5"]
+    settings += ["--fsdp"] if fsdp else []
+    reference = tmp_path / "reference"
+    process, log = _launch(launcher, settings + ["--output-dir", str(reference)], tmp_path / "reference.log")
+    assert process.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    log.close()
+    expected = _records(reference)
+    run, log_path = tmp_path / "killed", tmp_path / "killed.log"
+    process, log = _launch(launcher, settings + ["--output-dir", str(run)], log_path)
+    lines_through_step_5 = [r["step"] for r in expected].index(5) + 1  # step 4's checkpoint is complete by then
+    assert _signal_at(process, run / "metrics.jsonl", lines_through_step_5, 0.05, signal.SIGKILL)
+    process.wait(timeout=60)
+    log.close()
+    assert [int(p.name[5:]) for p in list_checkpoints(run)] == [2, 4]
+    state = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)["optimizer"]
+    trainable = sum(1 for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters())
+    assert sorted(state["state"]) == list(range(trainable))  # every parameter's moments, numbered, gathered
+    assert all(entry["exp_avg"].shape == parameter.shape for entry, parameter in
+               zip((state["state"][i] for i in range(trainable)),
+                   AutoModelForCausalLM.from_pretrained(llama_dir).parameters()))
+    process, log = _launch(launcher, ["--resume", str(run)], log_path)
+    assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    log.close()
+    largest = _largest_difference(expected, _records(run))
+    for name, tensor in _weights(run / "final").items():
+        largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
+    assert largest <= 1e-6

@@ -521,8 +521,14 @@ class Learners:
                             for rank, share in zip(self.ranks, shares)])
         return torch.cat([piece[:len(block)] for piece, block in zip(pieces, blocks)])
 
-    def optimizer_state(self) -> dict:
-        return self._get([rank.optimizer_state.remote() for rank in self.ranks])[0]  # every rank gathers
+    def optimizer_state(self, schedule) -> dict:
+        """Rank 0's optimiser state (every rank takes part in the FSDP gather) with the learning rates of
+        `schedule`, the driver's optimizer, which carries the schedule: the ranks' lr is the one their last update
+        used, the driver's has since stepped to the next step's, which a resumed run must start from."""
+        state = self._get([rank.optimizer_state.remote() for rank in self.ranks])[0]
+        for group, scheduled in zip(state["param_groups"], schedule.param_groups):
+            group.update({key: scheduled[key] for key in ("lr", "initial_lr") if key in scheduled})
+        return state
 
     def _get(self, references: list):
         from ray.exceptions import RayActorError

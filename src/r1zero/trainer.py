@@ -482,7 +482,7 @@ def checkpoint_or_stop(run: Run, step: int, skipped_updates: bool, last: bool, s
 def save_run_checkpoint(run: Run, step: int) -> Path:
     lines, size = run.logger.position()
     generators = {"sampling": run.sampling.get_state(), "shuffling": run.shuffling.get_state()}
-    optimizer_state = run.learners.optimizer_state() if run.learners else run.optimizer.state_dict()
+    optimizer_state = run.learners.optimizer_state(run.optimizer) if run.learners else run.optimizer.state_dict()
     snapshot = TrainingState(step, optimizer_state, run.scheduler.state_dict(), run.problems.state_dict(),
                              run.monitor.state_dict(), generators, capture_global_rng(), lines, size,
                              critic=run.critic.state_dict() if run.critic else None)
