@@ -61,6 +61,9 @@ def rank_updates(rank, world, host, port, model_dir, rollout, plan, aggregations
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=world)
+    if sharded:  # and log-probabilities in chunks through the head (the tiny vocabulary would not chunk)
+        from r1zero import models
+        models.CHUNK_MIN_VOCABULARY = 0
     try:
         parallel = DataParallel(rank, world, sharded)
         results = aggregation_updates(model_dir, rollout, plan, aggregations, parallel)

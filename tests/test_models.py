@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from r1zero import models
 from r1zero.config import TrainConfig
 from r1zero.critic import ValueModel
 from r1zero.models import (PRECISIONS, activation_checkpointing, autocast, chunked_head_logprobs,
@@ -13,6 +14,12 @@ from r1zero.models import (PRECISIONS, activation_checkpointing, autocast, chunk
 from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
 
 PROMPTS = [[3, 4, 5, 6], [7, 8], [9]]
+
+
+@pytest.fixture(autouse=True)
+def chunk_any_vocabulary(monkeypatch):
+    """The tiny models' vocabularies are below models.CHUNK_MIN_VOCABULARY: chunk them anyway, to test it."""
+    monkeypatch.setattr(models, "CHUNK_MIN_VOCABULARY", 0)
 COMPLETIONS = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [20], [21, 22]]
 
 
@@ -149,3 +156,12 @@ def test_bfloat16_is_float32_master_weights_with_bfloat16_products(llama_dir):
     assert (weights - full).abs().max() < 0.05 and (weights - full).abs().max() > 0
     with autocast(model, None):
         assert model(input_ids=torch.tensor([[3, 4]])).logits.dtype == torch.float32
+
+
+def test_small_vocabularies_keep_the_whole_logits(llama_dir, monkeypatch):
+    monkeypatch.setattr(models, "CHUNK_MIN_VOCABULARY", 32768)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    widths = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(tuple(inputs[0].shape)))
+    rollout().logprobs(model, chunk_tokens=4)
+    assert all(len(width) == 3 for width in widths)  # (rows, positions, hidden): the plain path, not chunks

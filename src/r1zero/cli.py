@@ -66,10 +66,13 @@ def command_train(args: argparse.Namespace) -> int:
         from r1zero.config import to_yaml
         from r1zero.preflight import prepare_run
 
-        warnings = prepare_run(config).warnings
+        prepared = prepare_run(config)
+        warnings = prepared.warnings
         if args.resume and (found := latest_checkpoint(args.resume)) is not None:
             load_checkpoint(found)  # its files are checked too
         print(to_yaml(config), end="")
+        if prepared.memory is not None:
+            print(f"estimated peak memory of a training step: {prepared.memory.describe()} per process")
         for warning in warnings:
             print(f"r1zero: warning: {warning}", file=sys.stderr)
         print("settings are valid")

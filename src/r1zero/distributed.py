@@ -87,15 +87,35 @@ def state_to_arrays(state: dict) -> dict[str, tuple[str, np.ndarray]]:
     return arrays
 
 
+def array_tensor(dtype: str, array: np.ndarray) -> torch.Tensor:
+    """The tensor of one (dtype name, array) entry of state_to_arrays, sharing the array's memory."""
+    with warnings.catch_warnings():  # arrays from the object store are read-only; whoever uses them copies them
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
 def load_arrays(model, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
     """Copy weights made by weights_to_arrays into `model` (every name must match)."""
-    with warnings.catch_warnings():  # arrays from the object store are read-only; load_state_dict copies them
-        warnings.simplefilter("ignore", UserWarning)
-        state = {}
-        for name, (dtype, array) in arrays.items():
-            tensor = torch.from_numpy(array)
-            state[name] = tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({name: array_tensor(*entry) for name, entry in arrays.items()}, strict=True)
+
+
+@torch.no_grad()
+def load_shards(model, pieces: list[dict[str, tuple[str, np.ndarray]]], sharded: set[str]) -> None:
+    """Copy the FSDP ranks' local shards (state_to_arrays of each rank's to_local() tensors, rank order) into the
+    full `model` in place: a sharded entry is its ranks' pieces one after the other along dim 0 (FSDP2's Shard(0),
+    torch.chunk's split), any other entry is rank 0's. No full copy is gathered anywhere."""
+    for name, target in model.state_dict().items():  # tensors sharing the parameters' storage
+        if name not in sharded:
+            target.copy_(array_tensor(*pieces[0][name]))
+            continue
+        offset = 0
+        for piece in pieces:
+            part = array_tensor(*piece[name])
+            target[offset:offset + len(part)].copy_(part)
+            offset += len(part)
+        if offset != len(target):
+            raise RuntimeError(f"fsdp: the shards of {name} hold {offset} rows, the model {len(target)}")
 
 
 def model_from_config(model_config, generation_config, dtype: torch.dtype, device):
@@ -406,7 +426,8 @@ class LearnerRank:
         set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def update(self, rollout, plan, learning_rate: float):
-        """This rank's part of update.update_policy; rank 0 also returns the new weights (else None)."""
+        """This rank's part of update.update_policy, and the new weights: rank 0 all of them (FSDP: every rank its
+        shards, local_shards; the other ranks None)."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         plan = [minibatch._replace(rows=minibatch.rows.to(self.device),
@@ -414,16 +435,16 @@ class LearnerRank:
                 for minibatch in plan]
         stats = update_policy(self.model, self.optimizer, rollout.to(self.device), plan, self.spec.settings,
                               parallel=DataParallel(self.rank, self.world, self.spec.fsdp))
-        state = self.full_state()  # every rank takes part in the gather; rank 0 keeps the result
-        return stats, state_to_arrays(state) if self.rank == 0 else None
+        if self.spec.fsdp:  # every rank its own shards (the driver puts them together): nothing is gathered here
+            return stats, self.local_shards()
+        return stats, state_to_arrays(self.model.state_dict()) if self.rank == 0 else None
 
-    def full_state(self) -> dict:
-        """The whole model's state dict on rank 0 (FSDP: gathered from the shards; empty on the other ranks)."""
-        if not self.spec.fsdp:
-            return self.model.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def local_shards(self) -> tuple[dict, set[str]]:
+        """This rank's pieces of the state dict, and the names that are sharded (the others are whole)."""
+        state = self.model.state_dict()
+        sharded = {name for name, value in state.items() if hasattr(value, "to_local")}
+        local = {name: value.to_local() if name in sharded else value for name, value in state.items()}
+        return state_to_arrays(local), sharded
 
     @torch.no_grad()
     def reference_logprobs(self, sequences, share: list[int], chunk_tokens: int):
@@ -483,15 +504,19 @@ class Learners:
     """K LearnerRank actors, launched and supervised through Ray; update() is update.update_policy on K ranks."""
 
     def __init__(self, world: int, policy, optimizer, config: TrainConfig, settings: UpdateSettings,
-                 device: torch.device, reference=None):
+                 device: torch.device, shard_reference: bool = False, reference=None):
+        """shard_reference: the ranks hold the reference model, sharded (FSDP): `reference`'s weights, or for a
+        new run (reference None) the policy's, which are the reference's until the first update."""
         import ray
 
-        self.ray, self.world, self.lora = ray, world, hasattr(policy, "peft_config")
+        self.ray, self.world, self.lora, self.fsdp = ray, world, hasattr(policy, "peft_config"), config.fsdp
         actor = ray.remote(LearnerRank).options(**actor_options(config, device))
         spec = LearnerSpec(policy, config, settings, device)
         arrays = ray.put(state_to_arrays(policy.state_dict()))
-        reference_arrays = None if reference is None else ray.put(state_to_arrays(reference.state_dict()))
-        self.sharded_reference = reference is not None
+        reference_arrays = None
+        if shard_reference:
+            reference_arrays = arrays if reference is None else ray.put(state_to_arrays(reference.state_dict()))
+        self.sharded_reference = shard_reference
         self.ranks = [actor.remote(rank, world, spec, arrays, reference_arrays) for rank in range(world)]
         host, port = self._get([self.ranks[0].address.remote()])[0]
         self._get([rank.join.remote(host, port, optimizer.state_dict()) for rank in self.ranks])
@@ -506,6 +531,10 @@ class Learners:
                              for minibatch in plan])
         results = [rank.update.options(num_returns=2).remote(rollout, plan, learning_rate) for rank in self.ranks]
         metrics = self._get([metric for metric, _ in results])[0]
+        if self.fsdp:  # the policy put together from every rank's shards; the workers get them from the policy
+            shards = self._get([weights for _, weights in results])
+            load_shards(policy, [pieces for pieces, _ in shards], shards[0][1])
+            return metrics, None
         load_arrays(policy, self._get([results[0][1]])[0])
         return metrics, None if self.lora else results[0][1]
 

@@ -29,7 +29,8 @@ class PreparedRun(NamedTuple):
     problems: ProblemSource
     model_path: Path
     tokenizer: object
-    warnings: list[str]  # settings that are valid but have no effect together (TrainConfig.warnings)
+    warnings: list[str]  # settings without effect together (TrainConfig.warnings), and a step too large for memory
+    memory: object = None  # r1zero.memory.MemoryEstimate of a training step, per process
 
 
 def check_settings(config: TrainConfig) -> list[str]:
@@ -106,7 +107,43 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
         sources = {Path(path).name: path for path in (config.dataset, config.eval_dataset) if path}
         check_prompts_fit(problems, tokenizer, config.template, config.max_new_tokens, context,
                           model_path / "config.json", sources)
-    return PreparedRun(problems, model_path, tokenizer, warnings)
+    estimate, memory_warning = check_memory(config, model_path, problems, tokenizer)
+    return PreparedRun(problems, model_path, tokenizer, warnings + memory_warning, estimate)
+
+
+def check_memory(config: TrainConfig, model_path: Path, problems: ProblemSource, tokenizer):
+    """The step's estimated peak memory per process (r1zero.memory), and a warning naming the settings that would
+    bring it down when it is above the machine's memory (the GPU's on CUDA). (None, []) for a model the estimate
+    cannot read (not a Llama-style config)."""
+    from r1zero import memory
+    from r1zero.models import PRECISIONS
+
+    try:
+        shape = memory.shape_of(model_path)
+    except (KeyError, ValueError):
+        return None, []
+    sample = problems.held_out[:64]
+    prompt_tokens = max((len(ids) for ids in tokenizer([build_prompt(e.prompt, config.template, tokenizer)
+                                                         for e in sample], add_special_tokens=False)["input_ids"]),
+                        default=0)
+    rows = config.microbatch_size or config.minibatch_size or config.prompts_per_step * config.group_size
+    if config.microbatch_tokens and not config.microbatch_size:
+        rows = min(rows, max(1, config.microbatch_tokens // config.max_new_tokens))
+    ranks = config.train_processes
+    precision = PRECISIONS[config.dtype]
+    estimate = memory.step_memory(
+        shape, memory.StepShape(-(-rows // ranks), prompt_tokens, config.max_new_tokens, config.group_size),
+        parameter_bytes=precision.parameters.itemsize,
+        reference_bytes=precision.reference.itemsize if config.kl_coef > 0 and not config.lora_rank else 0,
+        trainable_fraction=0.02 if config.lora_rank else 1.0, gradient_checkpointing=config.gradient_checkpointing,
+        logprob_chunk_tokens=config.logprob_chunk_tokens, shards=ranks if config.fsdp else 1,
+        activation_bytes=(precision.compute or precision.parameters).itemsize)
+    capacity, what = memory.machine_memory(config.device)
+    if estimate.total <= capacity:
+        return estimate, []
+    return estimate, [f"memory: a training step needs about {estimate.describe()} per process, more than "
+                      f"{what} ({capacity / memory.GB:.0f} GB); to bring it down: "
+                      + "; ".join(memory.advice(config, estimate))]
 
 
 def check_prompts_fit(problems: ProblemSource, tokenizer, template: str, max_new_tokens: int, context: int,

@@ -151,7 +151,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     """Check everything, then load the models and build the run's objects; on resume, restore the checkpoint's
     state. Every check runs before any weights load or any file is written."""
     quiet_libraries()
-    problems, model_path, tokenizer, notices = prepare_run(config)  # settings, files, data, tokenizer, prompts
+    problems, model_path, tokenizer, notices, _ = prepare_run(config)  # settings, files, data, prompts, memory
     for notice in notices:
         console(f"r1zero: warning: {notice}")
     output_dir, resume_from, state = open_output(config, resume)
@@ -187,9 +187,10 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
         workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
         workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
     if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
+        shard_reference = config.fsdp and config.kl_coef > 0 and not config.lora_rank
         learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
-                                        reference if config.fsdp else None)
-        reference = None if config.fsdp else reference
+                                        shard_reference, reference)
+        reference = None if shard_reference else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
@@ -234,7 +235,9 @@ def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None,
     policy = load_policy(model_path, resume_from, precision.parameters, device, config.lora_rank, config.lora_alpha,
                          config.lora_dropout, config.lora_target_modules, config.gradient_checkpointing)
     reference = None
-    if config.kl_coef > 0 and not config.lora_rank:
+    # with FSDP a new run's reference is the initial policy, which the ranks already receive: none here
+    fresh_fsdp = config.fsdp and config.train_processes > 1 and resume_from is None
+    if config.kl_coef > 0 and not config.lora_rank and not fresh_fsdp:
         reference = load_model(model_path, precision.reference, device, trainable=False)
     critic = None
     if config.advantage == "gae":

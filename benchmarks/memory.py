@@ -1,0 +1,295 @@
+"""Peak memory and seconds per step of a GRPO step at real model shapes, r1zero's paths against TRL's, one run.
+
+    pip install trl==1.16.0                        # TRL for its row only; r1zero does not depend on it
+    python benchmarks/memory.py                    # the 0.5B rows: about 80 minutes on 2 cores
+    python benchmarks/memory.py --rows checkpointing fsdp2 --large   # some rows, and the 8 x 8 x 256 one
+    python benchmarks/memory.py --shape 1.5b --dtype bfloat16        # on a GPU machine
+    python benchmarks/memory.py --rows checkpointing --prompts 2 --new-tokens 8     # a quick look (minutes)
+
+The model is a randomly initialised Qwen2 of Qwen2.5-0.5B's shape (hidden 896, MLP 4864, 24 layers, 14 heads, 2
+key-value heads, a 151,936-token vocabulary, tied embeddings: 494M parameters) with r1zero's built-in tokenizer
+beside it, saved once into --workdir. Every row trains the built-in task for 2 steps of 8 prompts x 4 samples, at
+most 128 new tokens, beta 0.04 (a reference model), lr 1e-6, in its own process; the random model rarely stops,
+so nearly every sample is 128 tokens. Measured: the peak resident memory (RSS, polled every 0.2 s; and USS, the
+pages a process holds alone, every second) of the training process and of each Ray learner rank until step 2 has
+finished, and step 2's seconds (step 1 warms up). A row is killed, and reported out of memory, when the machine
+has less than --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured
+here.)
+
+Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 1024
+tokens at a time), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing + --train-processes 2
+--fsdp: the policy, its gradients, AdamW and the reference split over 2 ranks), trl (TRL 1.16's GRPOTrainer with
+gradient_checkpointing=True, same model and settings); --large adds r1zero's best one-process path at 8 x 8 x 256.
+Beside each measured row, r1zero.memory's estimate; then the estimate on paper for 0.5B-32B models on 1, 8 and 64
+GPUs of 80 GB with FSDP2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {  # Qwen2.5's published configs (config.json of Qwen/Qwen2.5-*), without their weights
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, tie_word_embeddings=False),
+    "32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+                num_key_value_heads=8, tie_word_embeddings=False),
+}
+VOCABULARY = 151936
+PROMPTS, GROUP, NEW_TOKENS, BETA = 8, 4, 128, 0.04
+ROWS = {
+    "plain": ["--logprob-chunk-tokens", "0"],
+    "chunked": ["--logprob-chunk-tokens", "1024"],
+    "checkpointing": ["--logprob-chunk-tokens", "1024", "--gradient-checkpointing"],
+    "fsdp2": ["--logprob-chunk-tokens", "1024", "--gradient-checkpointing", "--train-processes", "2", "--fsdp",
+              "--ray-worker-cpus", "1"],
+    "trl": [],
+}
+LARGE = ("checkpointing, 8 x 8 x 256", ROWS["checkpointing"], 8, 256)
+
+
+def make_model(folder: Path, shape: str) -> Path:
+    """A random Qwen2 of the shape, with r1zero's tokenizer (saved once; reused when already there)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1zero.models import SHIPPED_MODEL, load_tokenizer
+
+    tokenizer = load_tokenizer(SHIPPED_MODEL)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=VOCABULARY, max_position_embeddings=32768, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Watching a row's processes
+
+
+def learner_ranks() -> list:
+    import psutil
+
+    ranks = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("LearnerRank" in part for part in process.info["cmdline"] or []):
+            ranks.append(process)
+    return ranks
+
+
+def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
+    """Run `command` in its own session; poll its memory until done() (or the process ends); kill the session.
+    Returns the peak RSS (resident pages, shared ones included) and USS (pages of its own: Ray's object store,
+    which the driver and the ranks map together, counts in each one's RSS but in no one's USS) in GB, of the
+    process and of each learner rank, and whether the machine ran short (less than reserve_gb available)."""
+    import psutil
+
+    peaks: dict[str, list[float]] = {}
+    killed, polls = False, 0
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        main = psutil.Process(process.pid)
+        while process.poll() is None and not done():
+            polls += 1
+            for name, watched in [("driver", main)] + [(f"rank {r.pid}", r) for r in learner_ranks()]:
+                try:
+                    rss = watched.memory_info().rss / 1e9
+                    uss = watched.memory_full_info().uss / 1e9 if polls % 5 == 0 else 0.0  # smaps is slow
+                except psutil.Error:
+                    continue
+                old = peaks.get(name, [0.0, 0.0])
+                peaks[name] = [max(old[0], rss), max(old[1], uss)]
+            if psutil.virtual_memory().available < reserve_gb * 1e9:
+                killed = True
+                break
+            time.sleep(0.2)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for rank in learner_ranks():
+            rank.kill()
+        process.wait()
+    ranks = [value for key, value in sorted(peaks.items()) if key.startswith("rank")]
+    driver = peaks.get("driver", [0.0, 0.0])
+    return {"driver_rss_gb": driver[0], "driver_uss_gb": driver[1], "rank_rss_gb": [r[0] for r in ranks],
+            "rank_uss_gb": [r[1] for r in ranks], "out_of_memory": killed}
+
+
+def run_r1zero(model: Path, flags: list[str], prompts: int, new_tokens: int, dtype: str, reserve: float,
+               folder: Path) -> dict:
+    output = folder / "run"
+    command = [sys.executable, "-m", "r1zero.cli", "train", "--model", str(model), "--output-dir", str(output),
+               "--max-steps", "2", "--prompts-per-step", str(prompts), "--group-size", str(GROUP),
+               "--max-new-tokens", str(new_tokens), "--kl-coef", str(BETA), "--learning-rate", "1e-6",
+               "--warmup-steps", "0", "--eval-every", "0", "--eval-problems", "1", "--eval-samples", "1",
+               "--checkpoint-every", "0", "--report-to", "none", "--no-eval-out-of-distribution", "--dtype", dtype,
+               *flags]
+    metrics = output / "metrics.jsonl"
+
+    def steps() -> list[dict]:
+        if not metrics.exists():
+            return []
+        return [json.loads(line) for line in metrics.read_text().splitlines() if '"reward/mean"' in line]
+
+    result = watch(command, lambda: len(steps()) >= 2, reserve, folder / "log.txt")
+    done = steps()
+    result["seconds"] = done[1]["time/step_seconds"] if len(done) >= 2 else None
+    result["tokens"] = done[1]["response/length_mean"] * prompts * GROUP if len(done) >= 2 else None
+    return result
+
+
+TRL_WORKER = """
+import json, sys, time
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+sys.path.insert(0, sys.argv[2])
+from memory import PROMPTS, GROUP, NEW_TOKENS, BETA
+from r1zero.rewards import format_reward, integer_reward
+from r1zero.tasks import sums
+from r1zero.templates import build_prompt
+
+model_dir, prompts, new_tokens = sys.argv[1], int(sys.argv[3]), int(sys.argv[4])
+pairs = [(build_prompt(e.prompt), e) for e in sums.held_out(prompts)]
+examples = dict(pairs)
+dataset = Dataset.from_list([{"prompt": text} for text, _ in pairs] * 2)
+accuracy = lambda prompts, completions, **k: [float(integer_reward(c, examples[p])) for p, c in zip(prompts, completions)]
+formatted = lambda prompts, completions, **k: [float(format_reward(c, examples[p])) for p, c in zip(prompts, completions)]
+
+class StepTimer(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+    def on_step_end(self, args, state, control, **kwargs):
+        print(json.dumps({"step_seconds": time.perf_counter() - self.started}), flush=True)
+
+args = GRPOConfig(output_dir=sys.argv[5], per_device_train_batch_size=prompts * GROUP, num_generations=GROUP,
+                  max_completion_length=new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=BETA, num_iterations=1,
+                  steps_per_generation=1, learning_rate=1e-6, max_steps=2, logging_steps=1, report_to="none",
+                  use_cpu=True, save_strategy="no", shuffle_dataset=False, warmup_steps=0,
+                  lr_scheduler_type="constant", reward_weights=[1.0, 0.5], disable_tqdm=True,
+                  gradient_checkpointing=True)
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForCausalLM.from_pretrained(model_dir)
+GRPOTrainer(model=model, reward_funcs=[accuracy, formatted], args=args, train_dataset=dataset,
+            processing_class=tokenizer, callbacks=[StepTimer()]).train()
+"""
+
+
+def run_trl(model: Path, prompts: int, new_tokens: int, reserve: float, folder: Path) -> dict:
+    script = folder / "trl_worker.py"
+    script.write_text(TRL_WORKER)
+    log = folder / "log.txt"
+    command = [sys.executable, str(script), str(model), str(Path(__file__).parent), str(prompts), str(new_tokens),
+               str(folder / "out")]
+
+    def steps() -> list[float]:
+        return [json.loads(line)["step_seconds"] for line in log.read_text().splitlines()
+                if line.startswith('{"step_seconds"')] if log.exists() else []
+
+    result = watch(command, lambda: len(steps()) >= 2, reserve, log)
+    done = steps()
+    result["seconds"] = done[1] if len(done) >= 2 else None
+    result["tokens"] = None
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The memory model beside the measurements, and on paper
+
+
+def estimate(model: Path, name: str, flags: list[str], prompts: int, new_tokens: int, dtype: str):
+    from r1zero import memory
+    from r1zero.models import PRECISIONS
+
+    precision = PRECISIONS[dtype]
+    ranks = 2 if "--fsdp" in flags else 1
+    chunk = 1024 if "--logprob-chunk-tokens" in flags and flags[flags.index("--logprob-chunk-tokens") + 1] != "0" \
+        else 0
+    prompt_tokens = 70  # the R1-Zero template around a sum, in r1zero's word-level tokenizer (66-72 tokens)
+    rows = -(-prompts * GROUP // ranks)
+    return memory.step_memory(memory.shape_of(model), memory.StepShape(rows, prompt_tokens, new_tokens, GROUP),
+                              precision.parameters.itemsize, precision.reference.itemsize,
+                              gradient_checkpointing="--gradient-checkpointing" in flags or name == "trl",
+                              logprob_chunk_tokens=chunk, shards=ranks,
+                              activation_bytes=(precision.compute or precision.parameters).itemsize)
+
+
+def paper_table() -> str:
+    """Which Qwen2.5 shapes fit 80 GB GPUs with FSDP2, bfloat16 mixed precision (fp32 master weights and AdamW,
+    bf16 reference), checkpointing and chunked log-probabilities, 8 completions of 70 + 1024 tokens per GPU."""
+    from r1zero import memory
+
+    lines = ["| model | parameters | 1 GPU | 8 GPUs | 64 GPUs |", "| --- | --- | --- | --- | --- |"]
+    for name, shape in SHAPES.items():
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "config.json").write_text(json.dumps({**shape, "vocab_size": VOCABULARY}))
+            model = memory.shape_of(folder)
+        cells = []
+        for gpus in (1, 8, 64):
+            step = memory.step_memory(model, memory.StepShape(8, 70, 1024, 8), 4, 2, gradient_checkpointing=True,
+                                      logprob_chunk_tokens=1024, shards=gpus, activation_bytes=2)
+            fits = "fits" if step.total < 80 * memory.GB else "does not fit"
+            cells.append(f"{step.total / memory.GB:.0f} GB: {fits}")
+        lines.append(f"| {name} | {model.parameters / 1e9:.2f}B | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--large", action="store_true", help="also r1zero's best path at 8 x 8 x 256")
+    parser.add_argument("--shape", default="0.5b", choices=list(SHAPES))
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--reserve", type=float, default=1.0,
+                        help="a row is killed when the machine has less than this many GB available (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep each row's folder (logs) in --workdir")
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per step (default 8)")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="at most, per sample (default 128)")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "r1zero-memory-benchmark"))
+    args = parser.parse_args(argv)
+    model = make_model(Path(args.workdir) / f"qwen2-{args.shape}", args.shape)
+    rows = [(name, ROWS[name], args.prompts, args.new_tokens) for name in args.rows] + ([LARGE] if args.large else [])
+    print("| row | prompts x samples x tokens | peak RSS GB (USS) | rank peaks RSS GB (USS) | s/step | "
+          "estimate GB (per process) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, flags, prompts, new_tokens in rows:
+        folder = Path(tempfile.mkdtemp(dir=args.workdir, prefix=f"{name}-"))
+        if name == "trl":
+            result = run_trl(model, prompts, new_tokens, args.reserve, folder)
+        else:
+            result = run_r1zero(model, flags, prompts, new_tokens, args.dtype, args.reserve, folder)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        guess = estimate(model, name, flags, prompts, new_tokens, args.dtype)
+        peak = f"{result['driver_rss_gb']:.1f} ({result['driver_uss_gb']:.1f})"
+        if result["out_of_memory"]:
+            peak = f"out of memory at {peak}"
+        ranks = ", ".join(f"{rss:.1f} ({uss:.1f})" for rss, uss in zip(result["rank_rss_gb"], result["rank_uss_gb"]))
+        seconds = f"{result['seconds']:.0f}" if result["seconds"] else "-"
+        print(f"| {name} | {prompts} x {GROUP} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | "
+              f"{guess.describe()} |", flush=True)
+        print(json.dumps({"row": name, **result}), file=sys.stderr, flush=True)
+    print("\nOn paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, chunked "
+          "log-probabilities, 8 completions of 70 + 1024 tokens per GPU:\n")
+    print(paper_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""How much memory a training step needs, per process, estimated from the model's config.json and the settings
+alone (no weights are read): what `r1zero train --check` prints and warns about, and what benchmarks/memory.py
+checks against measured peaks.
+
+    estimate = step_memory(shape_of(model_dir), StepShape(rows=32, prompt_tokens=70, completion_tokens=128), ...)
+    print(estimate.describe())
+
+The model (bytes, b the parameter dtype's size, P parameters, K the FSDP ranks, L layers, H hidden, I MLP width,
+V vocabulary, S = prompt + completion tokens per row, R rows per micro-batch):
+    weights P*b, gradients P*b (LoRA: only the adapters'), AdamW 2*P*b (LoRA: the adapters'), reference P*b_ref;
+    all four divided by K with FSDP;
+    activations, per token and layer: (6H + 2H_kv + 4I) numbers kept for the backward, and the attention scores
+    (heads * S numbers per token) -- or, with checkpointing, H per layer plus one layer's full set while it is
+    recomputed; R*S tokens (shared-prompt rows count their prompt once per group; checkpointed rows once each);
+    logits: R*T*V*4 bytes, three times (the logits, their float32 softmax and its gradient), or one chunk's
+    logprob_chunk_tokens*V*4*3 with chunked log-probabilities.
+The model ignores allocator slack and the interpreter (~0.5 GB measured on the CPU): benchmarks/memory.py gives
+how far each term is from the measured peak.
+
+Shapes: the letters above.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+GB = 1e9
+BASELINE_BYTES = 0.6 * GB  # the interpreter, torch, transformers and the tokenizer, measured on CPU (RSS at start)
+
+
+class ModelShape(NamedTuple):
+    """What the estimate needs of a transformer's config.json."""
+
+    parameters: int
+    hidden: int
+    layers: int
+    intermediate: int
+    vocabulary: int
+    heads: int
+    kv_heads: int
+    largest_unit: int  # parameters of the largest FSDP unit (a decoder layer, or the root: embeddings and head)
+
+
+def shape_of(model_dir: str | Path) -> ModelShape:
+    """The shape of a Llama-style decoder from its config.json (nested text_config too), parameters counted."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    config = config.get("text_config") or config
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    intermediate = config.get("intermediate_size", 4 * hidden)
+    vocabulary, heads = config["vocab_size"], config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2  # q and o, k and v
+    attention += (heads + 2 * kv_heads) * head_dim if config.get("attention_bias", config.get("model_type") == "qwen2") \
+        else 0
+    layer = attention + 3 * hidden * intermediate + 2 * hidden  # SwiGLU MLP, two norms
+    embeddings = vocabulary * hidden
+    root = embeddings * (1 if config.get("tie_word_embeddings", False) else 2) + hidden
+    return ModelShape(layers * layer + root, hidden, layers, intermediate, vocabulary, heads, kv_heads,
+                      max(layer, root))
+
+
+class StepShape(NamedTuple):
+    """The tokens of one micro-batch of the update."""
+
+    rows: int  # completions per micro-batch (per rank with data parallelism)
+    prompt_tokens: int  # per prompt
+    completion_tokens: int  # at most, per completion
+    group_size: int = 1  # completions sharing one prompt (its cache, without checkpointing)
+
+
+class MemoryEstimate(NamedTuple):
+    """Bytes per process of a training step at its peak."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    reference: float
+    activations: float
+    logits: float
+    gathered: float  # FSDP: the largest unit's full parameters while it runs
+    baseline: float = BASELINE_BYTES
+
+    @property
+    def total(self) -> float:
+        return sum(self)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {value / GB:.2f}" for name, value in self._asdict().items() if value)
+        return f"{self.total / GB:.1f} GB ({parts})"
+
+
+def step_memory(model: ModelShape, step: StepShape, parameter_bytes: int = 4, reference_bytes: int = 0,
+                trainable_fraction: float = 1.0, gradient_checkpointing: bool = False, logprob_chunk_tokens: int = 0,
+                shards: int = 1, activation_bytes: int = 4) -> MemoryEstimate:
+    """The estimate of the module docstring. reference_bytes 0: no reference model. trainable_fraction: the
+    share of parameters that get gradients and AdamW moments (LoRA: the adapters'). shards: FSDP ranks (1: none)."""
+    weights = model.parameters * parameter_bytes / shards
+    trained = model.parameters * trainable_fraction * parameter_bytes / shards
+    sequence = step.prompt_tokens + step.completion_tokens
+    if gradient_checkpointing:  # rows run whole sequences; each layer keeps its input, one layer is recomputed
+        tokens = step.rows * sequence
+        per_layer = model.hidden * model.layers + per_token_numbers(model, sequence)
+    else:  # prompts run once per group
+        tokens = step.rows * step.completion_tokens + step.rows / max(1, step.group_size) * step.prompt_tokens
+        per_layer = per_token_numbers(model, sequence) * model.layers
+    activations = tokens * per_layer * activation_bytes
+    positions = step.rows * step.completion_tokens if not logprob_chunk_tokens else \
+        min(logprob_chunk_tokens, step.rows * step.completion_tokens)
+    logits = positions * model.vocabulary * 4 * 3
+    gathered = model.largest_unit * parameter_bytes * 2 if shards > 1 else 0.0  # a unit's full weights and grads
+    return MemoryEstimate(weights, trained, 2 * trained, model.parameters * reference_bytes / shards, activations,
+                          logits, gathered)
+
+
+def per_token_numbers(model: ModelShape, sequence: int) -> float:
+    """Numbers a decoder layer keeps per token for its backward: norms' inputs, q, k, v, attention output,
+    residuals, the MLP's gate, up, their product and the activation, and the attention scores of the token's row."""
+    head_dim = model.hidden // model.heads
+    return 6 * model.hidden + 2 * model.kv_heads * head_dim + 4 * model.intermediate + model.heads * sequence
+
+
+def machine_memory(device: str) -> tuple[float, str]:
+    """(bytes, what) of the memory a step may use: the GPU's on CUDA, else the machine's RAM."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return float(torch.cuda.get_device_properties(index).total_memory), f"GPU {index}"
+    import os
+
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "this machine's RAM"
+
+
+def advice(config, estimate: MemoryEstimate) -> list[str]:
+    """The settings that would bring the estimate down, the largest terms first."""
+    tips = []
+    if estimate.logits > 0.5 * GB and not config.logprob_chunk_tokens:
+        tips.append(f"--logprob-chunk-tokens 1024 (logits {estimate.logits / GB:.1f} GB)")
+    if estimate.activations > 1 * GB and not config.gradient_checkpointing:
+        tips.append(f"--gradient-checkpointing (activations {estimate.activations / GB:.1f} GB)")
+    if estimate.activations > 1 * GB:
+        tips.append("a smaller --microbatch-size (activations grow with the rows of a micro-batch)")
+    if config.train_processes < 2 or not config.fsdp:
+        tips.append(f"--train-processes K --fsdp (weights, gradients, AdamW and reference, "
+                    f"{(estimate.weights + estimate.gradients + estimate.optimizer + estimate.reference) / GB:.1f} "
+                    f"GB, divided by K)")
+    if not config.lora_rank:
+        tips.append("--lora-rank 16 (gradients and AdamW state for the adapters only)")
+    return tips
