@@ -16,10 +16,11 @@ finished, and step 2's seconds (step 1 warms up). A row is killed, and reported 
 has less than --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured
 here.)
 
-Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 1024
-tokens at a time), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing + --train-processes 2
---fsdp: the policy, its gradients, AdamW and the reference split over 2 ranks), trl (TRL 1.16's GRPOTrainer with
-gradient_checkpointing=True, same model and settings); --large adds r1zero's best one-process path at 8 x 8 x 256.
+Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 512
+tokens at a time, the default), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing +
+--train-processes 2 --fsdp: the policy, its gradients, AdamW and the reference split over 2 ranks), trl (TRL
+1.16's GRPOTrainer with gradient_checkpointing=True, same model and settings); --large adds r1zero's best
+one-process path at 8 prompts x 8 samples x 256 tokens (--steps 1 measures its peak in half the time).
 Beside each measured row, r1zero.memory's estimate; then the estimate on paper for 0.5B-32B models on 1, 8 and 64
 GPUs of 80 GB with FSDP2.
 """
@@ -49,15 +50,16 @@ SHAPES = {  # Qwen2.5's published configs (config.json of Qwen/Qwen2.5-*), witho
 }
 VOCABULARY = 151936
 PROMPTS, GROUP, NEW_TOKENS, BETA = 8, 4, 128, 0.04
+CHUNK = "512"  # r1zero's default --logprob-chunk-tokens
 ROWS = {
     "plain": ["--logprob-chunk-tokens", "0"],
-    "chunked": ["--logprob-chunk-tokens", "1024"],
-    "checkpointing": ["--logprob-chunk-tokens", "1024", "--gradient-checkpointing"],
-    "fsdp2": ["--logprob-chunk-tokens", "1024", "--gradient-checkpointing", "--train-processes", "2", "--fsdp",
+    "chunked": ["--logprob-chunk-tokens", CHUNK],
+    "checkpointing": ["--logprob-chunk-tokens", CHUNK, "--gradient-checkpointing"],
+    "fsdp2": ["--logprob-chunk-tokens", CHUNK, "--gradient-checkpointing", "--train-processes", "2", "--fsdp",
               "--ray-worker-cpus", "1"],
     "trl": [],
 }
-LARGE = ("checkpointing, 8 x 8 x 256", ROWS["checkpointing"], 8, 256)
+LARGE = ("checkpointing", ROWS["checkpointing"], 8, 8, 256)  # prompts, samples per prompt, new tokens
 
 
 def make_model(folder: Path, shape: str) -> Path:
@@ -131,11 +133,11 @@ def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
             "rank_uss_gb": [r[1] for r in ranks], "out_of_memory": killed}
 
 
-def run_r1zero(model: Path, flags: list[str], prompts: int, new_tokens: int, dtype: str, reserve: float,
-               folder: Path) -> dict:
+def run_r1zero(model: Path, flags: list[str], prompts: int, group: int, new_tokens: int, dtype: str, reserve: float,
+               folder: Path, steps_to_run: int) -> dict:
     output = folder / "run"
     command = [sys.executable, "-m", "r1zero.cli", "train", "--model", str(model), "--output-dir", str(output),
-               "--max-steps", "2", "--prompts-per-step", str(prompts), "--group-size", str(GROUP),
+               "--max-steps", str(steps_to_run), "--prompts-per-step", str(prompts), "--group-size", str(group),
                "--max-new-tokens", str(new_tokens), "--kl-coef", str(BETA), "--learning-rate", "1e-6",
                "--warmup-steps", "0", "--eval-every", "0", "--eval-problems", "1", "--eval-samples", "1",
                "--checkpoint-every", "0", "--report-to", "none", "--no-eval-out-of-distribution", "--dtype", dtype,
@@ -147,10 +149,11 @@ def run_r1zero(model: Path, flags: list[str], prompts: int, new_tokens: int, dty
             return []
         return [json.loads(line) for line in metrics.read_text().splitlines() if '"reward/mean"' in line]
 
-    result = watch(command, lambda: len(steps()) >= 2, reserve, folder / "log.txt")
+    result = watch(command, lambda: len(steps()) >= steps_to_run, reserve, folder / "log.txt")
     done = steps()
-    result["seconds"] = done[1]["time/step_seconds"] if len(done) >= 2 else None
-    result["tokens"] = done[1]["response/length_mean"] * prompts * GROUP if len(done) >= 2 else None
+    finished = len(done) >= steps_to_run
+    result["seconds"] = done[-1]["time/step_seconds"] if finished else None
+    result["tokens"] = done[-1]["response/length_mean"] * prompts * group if finished else None
     return result
 
 
@@ -213,17 +216,16 @@ def run_trl(model: Path, prompts: int, new_tokens: int, reserve: float, folder: 
 # The memory model beside the measurements, and on paper
 
 
-def estimate(model: Path, name: str, flags: list[str], prompts: int, new_tokens: int, dtype: str):
+def estimate(model: Path, name: str, flags: list[str], prompts: int, group: int, new_tokens: int, dtype: str):
     from r1zero import memory
     from r1zero.models import PRECISIONS
 
     precision = PRECISIONS[dtype]
     ranks = 2 if "--fsdp" in flags else 1
-    chunk = 1024 if "--logprob-chunk-tokens" in flags and flags[flags.index("--logprob-chunk-tokens") + 1] != "0" \
-        else 0
+    chunk = int(flags[flags.index("--logprob-chunk-tokens") + 1]) if "--logprob-chunk-tokens" in flags else 0
     prompt_tokens = 70  # the R1-Zero template around a sum, in r1zero's word-level tokenizer (66-72 tokens)
-    rows = -(-prompts * GROUP // ranks)
-    return memory.step_memory(memory.shape_of(model), memory.StepShape(rows, prompt_tokens, new_tokens, GROUP),
+    rows = -(-prompts * group // ranks)
+    return memory.step_memory(memory.shape_of(model), memory.StepShape(rows, prompt_tokens, new_tokens, group),
                               precision.parameters.itemsize, precision.reference.itemsize,
                               gradient_checkpointing="--gradient-checkpointing" in flags or name == "trl",
                               logprob_chunk_tokens=chunk, shards=ranks,
@@ -243,7 +245,7 @@ def paper_table() -> str:
         cells = []
         for gpus in (1, 8, 64):
             step = memory.step_memory(model, memory.StepShape(8, 70, 1024, 8), 4, 2, gradient_checkpointing=True,
-                                      logprob_chunk_tokens=1024, shards=gpus, activation_bytes=2)
+                                      logprob_chunk_tokens=int(CHUNK), shards=gpus, activation_bytes=2)
             fits = "fits" if step.total < 80 * memory.GB else "does not fit"
             cells.append(f"{step.total / memory.GB:.0f} GB: {fits}")
         lines.append(f"| {name} | {model.parameters / 1e9:.2f}B | " + " | ".join(cells) + " |")
@@ -261,28 +263,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep each row's folder (logs) in --workdir")
     parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per step (default 8)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="at most, per sample (default 128)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="steps per r1zero row; s/step is the last one's (default 2: step 1 warms up)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "r1zero-memory-benchmark"))
     args = parser.parse_args(argv)
     model = make_model(Path(args.workdir) / f"qwen2-{args.shape}", args.shape)
-    rows = [(name, ROWS[name], args.prompts, args.new_tokens) for name in args.rows] + ([LARGE] if args.large else [])
+    rows = [(name, ROWS[name], args.prompts, GROUP, args.new_tokens) for name in args.rows] + \
+        ([LARGE] if args.large else [])
     print("| row | prompts x samples x tokens | peak RSS GB (USS) | rank peaks RSS GB (USS) | s/step | "
           "estimate GB (per process) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, flags, prompts, new_tokens in rows:
+    for name, flags, prompts, group, new_tokens in rows:
         folder = Path(tempfile.mkdtemp(dir=args.workdir, prefix=f"{name}-"))
         if name == "trl":
             result = run_trl(model, prompts, new_tokens, args.reserve, folder)
         else:
-            result = run_r1zero(model, flags, prompts, new_tokens, args.dtype, args.reserve, folder)
+            result = run_r1zero(model, flags, prompts, group, new_tokens, args.dtype, args.reserve, folder,
+                                args.steps)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-        guess = estimate(model, name, flags, prompts, new_tokens, args.dtype)
+        guess = estimate(model, name, flags, prompts, group, new_tokens, args.dtype)
         peak = f"{result['driver_rss_gb']:.1f} ({result['driver_uss_gb']:.1f})"
         if result["out_of_memory"]:
             peak = f"out of memory at {peak}"
         ranks = ", ".join(f"{rss:.1f} ({uss:.1f})" for rss, uss in zip(result["rank_rss_gb"], result["rank_uss_gb"]))
         seconds = f"{result['seconds']:.0f}" if result["seconds"] else "-"
-        print(f"| {name} | {prompts} x {GROUP} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | "
+        print(f"| {name} | {prompts} x {group} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | "
               f"{guess.describe()} |", flush=True)
         print(json.dumps({"row": name, **result}), file=sys.stderr, flush=True)
     print("\nOn paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, chunked "

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from r1zero.config import ConfigError, TrainConfig
+from r1zero.memory import return_freed_memory
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
@@ -187,6 +188,7 @@ class RolloutWorker:
     """A Ray actor: a copy of the policy and a TransformersEngine. Methods run one at a time, in call order."""
 
     def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str):
+        return_freed_memory()
         torch.set_num_threads(threads)
         self.model = model_from_config(model_config, generation_config, dtype, torch.device(device)).eval()
         self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING)
@@ -380,6 +382,7 @@ class LearnerRank:
     and AdamW; with FSDP also its shard of the reference model."""
 
     def __init__(self, rank: int, world: int, spec: "LearnerSpec", arrays, reference_arrays):
+        return_freed_memory()
         torch.set_num_threads(spec.threads)
         self.rank, self.world, self.spec = rank, world, spec
         self.device = torch.device(spec.device)

@@ -325,10 +325,11 @@ def _head_logprobs(head, states: torch.Tensor, targets: torch.Tensor, with_entro
     normaliser = torch.logsumexp(logits, dim=-1)  # (c,)
     logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser  # (c,)
     entropy = None
-    if with_entropy:
+    if with_entropy:  # H = log Z - sum_v p_v z_v, with one (c, V) buffer for p, then p * z, in place
         with torch.no_grad():
-            detached = logits.detach()
-            entropy = normaliser.detach() - (torch.softmax(detached, dim=-1) * detached).sum(-1)  # (c,)
+            detached, log_normaliser = logits.detach(), normaliser.detach()
+            probabilities = (detached - log_normaliser[:, None]).exp_()  # (c, V)
+            entropy = log_normaliser - probabilities.mul_(detached).sum(-1)  # (c,)
     return logprobs, entropy
 
 

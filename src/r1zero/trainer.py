@@ -48,6 +48,7 @@ from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
 from r1zero.health import HealthMonitor, reflection_rate
+from r1zero.memory import return_freed_memory
 from r1zero.models import PRECISIONS, load_model, load_policy, resolve_device, save_model
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
@@ -151,6 +152,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     """Check everything, then load the models and build the run's objects; on resume, restore the checkpoint's
     state. Every check runs before any weights load or any file is written."""
     quiet_libraries()
+    return_freed_memory()
     problems, model_path, tokenizer, notices, _ = prepare_run(config)  # settings, files, data, prompts, memory
     for notice in notices:
         console(f"r1zero: warning: {notice}")

@@ -326,6 +326,7 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
             skipped += 1
             continue
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free until the next backward
         optimiser_steps += 1
         tokens = mask(batch).sum().clamp(min=1).item()
         totals["loss"] += sums.pop("loss")

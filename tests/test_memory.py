@@ -1,0 +1,103 @@
+"""The memory model (r1zero.memory): parameter counts from config.json, each term by hand, and the warning of
+`r1zero train --check` before any weights load."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from r1zero.cli import main
+from r1zero.memory import ModelShape, StepShape, shape_of, step_memory
+
+QWEN25_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                  max_position_embeddings=32768)
+
+
+def test_parameters_counted_from_the_config_match_the_published_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_05B))
+    shape = shape_of(tmp_path)
+    # per layer: q 896x896 + 896, k and v 896x128 + 128 each, o 896x896, MLP 3 x 896 x 4864, two norms of 896:
+    # 14,912,384; x 24 layers, + the tied embeddings 151,936 x 896 and the final norm: 494,032,768 (Qwen2.5-0.5B)
+    assert shape.parameters == 494_032_768
+    assert shape.largest_unit == 151936 * 896 + 896  # the root: embeddings (tied head) and the final norm
+    untied = {**QWEN25_05B, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(untied))
+    assert shape_of(tmp_path).parameters == 494_032_768 + 151936 * 896
+
+
+def test_each_term_by_hand():
+    # a made-up model: 1,000 parameters, hidden 4, 2 layers, MLP 8, vocabulary 10, 2 heads, 1 key-value head
+    model = ModelShape(1000, 4, 2, 8, 10, 2, 1, 300)
+    step = StepShape(rows=3, prompt_tokens=5, completion_tokens=7, group_size=3)
+    plain = step_memory(model, step, parameter_bytes=4, reference_bytes=2)
+    assert (plain.weights, plain.gradients, plain.optimizer, plain.reference) == (4000, 4000, 8000, 2000)
+    # per token and layer: 6 x 4 + 2 x 1 x 2 + 4 x 8 + 2 heads x 12 tokens = 84 numbers; tokens: 3 x 7 completions +
+    # one prompt of 5 for the group = 26; x 2 layers x 4 bytes
+    assert plain.activations == 26 * 84 * 2 * 4
+    assert plain.logits == 3 * 7 * 10 * 4 * 3  # all completion positions' logits, three times
+    checkpointed = step_memory(model, step, 4, 2, gradient_checkpointing=True, logprob_chunk_tokens=5)
+    # whole sequences: 3 x 12 tokens, each keeping 4 numbers a layer for 2 layers, plus one layer's 84
+    assert checkpointed.activations == 36 * (4 * 2 + 84) * 4
+    assert checkpointed.logits == 5 * 10 * 4 * 3  # one chunk
+    sharded = step_memory(model, step, 4, 2, shards=2)
+    assert (sharded.weights, sharded.optimizer, sharded.reference, sharded.gathered) == (2000, 4000, 1000, 2400)
+    lora = step_memory(model, step, 4, 0, trainable_fraction=0.1)
+    assert (lora.gradients, lora.optimizer, lora.reference) == (400, 800, 0)
+    assert plain.total == sum(plain)
+
+
+def test_check_warns_before_loading_when_a_step_would_not_fit(tmp_path, llama_dir, capsys):
+    # a 7B-shaped model folder: its config.json and a tokenizer, no weights (the check reads none)
+    import shutil
+
+    config = {**QWEN25_05B, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+              "num_attention_heads": 28, "num_key_value_heads": 4, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(llama_dir / name, tmp_path / name)
+    assert main(["train", "--check", "--model", str(tmp_path), "--kl-coef", "0.04", "--max-new-tokens", "1024"]) == 0
+    captured = capsys.readouterr()
+    assert "estimated peak memory of a training step:" in captured.out
+    warning = next(line for line in captured.err.splitlines() if "r1zero: warning: memory:" in line)
+    assert "more than this machine's RAM" in warning or "more than GPU" in warning
+    for advice in ("--gradient-checkpointing", "--train-processes K --fsdp", "--lora-rank"):
+        assert advice in warning
+    estimate = float(captured.out.split("estimated peak memory of a training step: ")[1].split(" GB")[0])
+    assert estimate > 7.6 * 16  # 7.6B parameters x (4 weights + 4 gradients + 8 AdamW) bytes, at least
+    # the built-in model fits: no warning
+    assert main(["train", "--check"]) == 0
+    assert "warning: memory" not in capsys.readouterr().err
+
+
+
+HOLES = """
+import gc, sys, torch
+from r1zero.memory import return_freed_memory
+def resident() -> float:  # bytes, from /proc (psutil is not a dependency)
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+if sys.argv[1] == "fixed":
+    assert return_freed_memory()
+first = torch.empty(17 << 20, dtype=torch.uint8)
+del first  # glibc raises its dynamic threshold to 17 MB when this one is freed
+before = resident()
+blocks = [torch.ones(16 << 20, dtype=torch.uint8) for _ in range(40)]  # 40 x 16 MB, touched
+last = blocks.pop()  # kept alive: it sits above the others, so the heap cannot shrink past it
+del blocks
+gc.collect()
+print((resident() - before) / (1 << 20))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
+def test_freed_blocks_go_back_to_the_system():
+    # 39 freed blocks of 16 MB: with glibc's dynamic threshold they were served from the heap under a live one and
+    # stay resident (about 39 x 16 = 624 MB); with the threshold fixed at 1 MiB each had its own mapping, gone
+    # when freed, and only the live block remains (16 MB)
+    def kept(mode: str) -> float:
+        done = subprocess.run([sys.executable, "-c", HOLES, mode], capture_output=True, text=True, check=True)
+        return float(done.stdout.split()[-1])
+
+    assert kept("dynamic") > 500
+    assert kept("fixed") < 40
