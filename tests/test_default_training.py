@@ -29,3 +29,7 @@ def test_default_training_raises_held_out_pass_at_1_by_30_points(tmp_path):
     assert after["eval/pass@1"] >= before["eval/pass@1"] + 0.30
     assert after["eval/format"] >= 0.95
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+    # a healthy run does not cry wolf: the entropy that settles at its floor alerts once (hysteresis)
+    alerts = [line for line in result.stdout.splitlines() if line.startswith("ALERT")]
+    assert len(alerts) <= 1, alerts
+    assert 0.0 <= after["eval/ood/pass@1"] <= 1.0 and "eval/ood/accuracy_greedy" in before  # five-number sums
