@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 GB = 1e9
 BASELINE_BYTES = 0.6 * GB  # the interpreter, torch, transformers and the tokenizer, measured on CPU (RSS at start)
-MMAP_THRESHOLD_BYTES = 1 << 20
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 16 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def return_freed_memory() -> bool:
@@ -39,16 +39,19 @@ def return_freed_memory() -> bool:
 
     Why: glibc serves a block above its threshold with its own mmap and unmaps it when freed, but by default it
     raises the threshold to the size of each such block freed, up to 32 MB. After the first update a 0.5B model's
-    per-layer gradients and activations (about 17 MB each) come from the heap, where freed holes stay resident: on
+    per-layer gradients and activations (17-23 MB each) come from the heap, where freed holes stay resident: on
     the 0.5B shape of benchmarks/memory.py (8 x 4 x 32, checkpointing) the process held 12.9 GB between steps for
-    8.4 GB of live tensors, and peaked at 15.4 GB in step 2; with a fixed 1 MiB threshold, 8.4 and 12.0 GB at the
-    same seconds per step. Setting the threshold also turns glibc's dynamic one off (mallopt(3))."""
+    8.4 GB of live tensors, and peaked at 15.4 GB in step 2; with the threshold fixed at 16 MiB, 8.7 and 11.6 GB at
+    the same seconds per step. A lower threshold (1 MiB: 8.4 and 12.0 GB) made the built-in model's steps 30-40%
+    slower, every mid-sized tensor then costing fresh pages. Fixing the threshold turns glibc's dynamic one off
+    (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold)."""
     try:
         library = ctypes.CDLL(None)
         mallopt = library.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
-    return bool(mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD_BYTES)))
+    trimmed = mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2 * MMAP_THRESHOLD_BYTES))  # as glibc's own
+    return bool(trimmed and mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD_BYTES)))
 
 
 class ModelShape(NamedTuple):
