@@ -254,7 +254,8 @@ def paper_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
+                        help="the rows to run (default all; none with --large: only the large one)")
     parser.add_argument("--large", action="store_true", help="also r1zero's best path at 8 x 8 x 256")
     parser.add_argument("--shape", default="0.5b", choices=list(SHAPES))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
