@@ -103,18 +103,20 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
     context = context_length(model_path)
+    measured = measure_prompts(problems, tokenizer, config.template)
     if context is not None:
         sources = {Path(path).name: path for path in (config.dataset, config.eval_dataset) if path}
-        check_prompts_fit(problems, tokenizer, config.template, config.max_new_tokens, context,
-                          model_path / "config.json", sources)
-    estimate, memory_warning = check_memory(config, model_path, problems, tokenizer)
+        check_prompts_fit(measured, config.template, config.max_new_tokens, context, model_path / "config.json",
+                          sources)
+    longest = max((length for _, length in measured), default=0)
+    estimate, memory_warning = check_memory(config, model_path, longest)
     return PreparedRun(problems, model_path, tokenizer, warnings + memory_warning, estimate)
 
 
-def check_memory(config: TrainConfig, model_path: Path, problems: ProblemSource, tokenizer):
-    """The step's estimated peak memory per process (r1zero.memory), and a warning naming the settings that would
-    bring it down when it is above the machine's memory (the GPU's on CUDA). (None, []) for a model the estimate
-    cannot read (not a Llama-style config)."""
+def check_memory(config: TrainConfig, model_path: Path, prompt_tokens: int):
+    """The step's estimated peak memory per process (r1zero.memory) for prompts of prompt_tokens tokens, and a
+    warning naming the settings that would bring it down when it is above the machine's memory (the GPU's on
+    CUDA). (None, []) for a model the estimate cannot read (not a Llama-style config)."""
     from r1zero import memory
     from r1zero.models import PRECISIONS
 
@@ -122,10 +124,6 @@ def check_memory(config: TrainConfig, model_path: Path, problems: ProblemSource,
         shape = memory.shape_of(model_path)
     except (KeyError, ValueError):
         return None, []
-    sample = problems.held_out[:64]
-    prompt_tokens = max((len(ids) for ids in tokenizer([build_prompt(e.prompt, config.template, tokenizer)
-                                                         for e in sample], add_special_tokens=False)["input_ids"]),
-                        default=0)
     rows = config.microbatch_size or config.minibatch_size or config.prompts_per_step * config.group_size
     if config.microbatch_tokens and not config.microbatch_size:
         rows = min(rows, max(1, config.microbatch_tokens // config.max_new_tokens))
@@ -146,14 +144,10 @@ def check_memory(config: TrainConfig, model_path: Path, problems: ProblemSource,
                       + "; ".join(memory.advice(config, estimate))]
 
 
-def check_prompts_fit(problems: ProblemSource, tokenizer, template: str, max_new_tokens: int, context: int,
-                      context_source: Path, sources: dict[str, str]) -> None:
-    """DataError naming the rows whose templated prompt plus max_new_tokens is longer than `context` tokens.
-
-    Measured: every held-out and training problem, or the PROMPTS_MEASURED longest in characters when there
-    are more; for a generated task, the held-out problems and GENERATED_SAMPLE training problems.
-    `sources` maps a data file's name (the prefix of its examples' ids) to the path to show in the message.
-    """
+def measure_prompts(problems: ProblemSource, tokenizer, template: str) -> list[tuple[Example, int]]:
+    """(problem, tokens of its templated prompt) for every held-out and training problem, or the PROMPTS_MEASURED
+    longest in characters when there are more; for a generated task, the held-out problems and GENERATED_SAMPLE
+    training problems."""
     candidates = list(problems.held_out)
     if problems.train_examples is not None:
         candidates += problems.train_examples
@@ -163,7 +157,15 @@ def check_prompts_fit(problems: ProblemSource, tokenizer, template: str, max_new
         candidates = sorted(candidates, key=lambda example: len(example.prompt))[-PROMPTS_MEASURED:]
     texts = [build_prompt(example.prompt, template, tokenizer) for example in candidates]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    too_long = [(example, length) for example, length in zip(candidates, lengths) if length + max_new_tokens > context]
+    return list(zip(candidates, lengths))
+
+
+def check_prompts_fit(measured: list[tuple[Example, int]], template: str, max_new_tokens: int, context: int,
+                      context_source: Path, sources: dict[str, str]) -> None:
+    """DataError naming the rows whose templated prompt (measure_prompts) plus max_new_tokens is longer than
+    `context` tokens. `sources` maps a data file's name (the prefix of its examples' ids) to the path to show in
+    the message."""
+    too_long = [(example, length) for example, length in measured if length + max_new_tokens > context]
     if not too_long:
         return
     too_long.sort(key=lambda pair: (-pair[1], _row(pair[0])))  # longest first, then in file order
