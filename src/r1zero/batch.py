@@ -44,6 +44,8 @@ class StepBatch:
     texts: list[str]  # (N,) decoded completions
     rewards: RewardBatch  # (N,) per component and in total
     counts: dict[str, float] = field(default_factory=dict)  # dynamic sampling: rounds, kept and filled groups
+    engine_logprobs: list[list[float]] | None = None  # (N,) the engine's log-probability of each sampled token
+    # (vLLM), or None (r1zero's engine: it samples from the policy itself)
 
     def reward_matrix(self, group_size: int) -> torch.Tensor:
         """(B, G) total rewards."""
@@ -60,7 +62,8 @@ class StepBatch:
             health=self.rewards.health,
         )
         return StepBatch([self.examples[g] for g in groups], [self.prompts[g] for g in groups], pick(self.completions),
-                         pick(self.stopped), pick(self.texts), rewards, dict(self.counts))
+                         pick(self.stopped), pick(self.texts), rewards, dict(self.counts),
+                         None if self.engine_logprobs is None else pick(self.engine_logprobs))
 
 
 def concatenate(batches: list[StepBatch]) -> StepBatch:
@@ -77,8 +80,9 @@ def concatenate(batches: list[StepBatch]) -> StepBatch:
         reasons={n: [x for b in batches for x in b.rewards.reasons[n]] for n in first.rewards.reasons},
         health=health,
     )
+    engine_logprobs = None if first.engine_logprobs is None else joined("engine_logprobs")
     return StepBatch(joined("examples"), joined("prompts"), joined("completions"), joined("stopped"), joined("texts"),
-                     rewards)
+                     rewards, engine_logprobs=engine_logprobs)
 
 
 def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, seeds: list[int]) \
@@ -97,7 +101,8 @@ def generate_and_score(examples: list[Example], encode, engine, scorer, tokenize
         rewards = rewards._replace(total=[t + p for t, p in zip(rewards.total, penalty)],
                                    components={**rewards.components, OVERLONG: penalty},
                                    reasons={**rewards.reasons, OVERLONG: [""] * len(penalty)})
-    return StepBatch(list(examples), prompts, list(generation.completions), list(generation.stopped), texts, rewards)
+    return StepBatch(list(examples), prompts, list(generation.completions), list(generation.stopped), texts, rewards,
+                     engine_logprobs=generation.logprobs)
 
 
 def collect_batch(problems, encode, engine, scorer, tokenizer, config, step: int) -> StepBatch:

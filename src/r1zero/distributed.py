@@ -35,6 +35,7 @@ import torch
 
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.memory import return_freed_memory
+from r1zero.models import plain_state_dict
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
@@ -48,29 +49,6 @@ class StaleRolloutError(RuntimeError):
 
 
 # ---- weights through the object store --------------------------------------------------------------
-
-def plain_state_dict(model) -> dict[str, torch.Tensor]:
-    """The weights as a plain transformers model of the same architecture names them: for a LoRA (peft) model,
-    copies of its base weights with the adapters' deltas added (the policy itself is left as it is)."""
-    if not hasattr(model, "peft_config"):
-        return model.state_dict()
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    merged = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight.detach()
-            for adapter in module.active_adapters:
-                weight = weight + module.get_delta_weight(adapter).detach()
-            merged[f"{name}.weight"] = weight
-    state = {}
-    for key, value in base.state_dict().items():
-        if ".lora_" not in key:
-            key = key.replace(".base_layer.", ".")
-            state[key] = merged.get(key, value)
-    return state
-
 
 def weights_to_arrays(model) -> dict[str, tuple[str, np.ndarray]]:
     """The model's plain state dict (plain_state_dict: LoRA merged) as arrays (state_to_arrays)."""
@@ -185,17 +163,29 @@ def worker_threads(config: TrainConfig) -> int:
 # ---- rollout workers ------------------------------------------------------------------------------------
 
 class RolloutWorker:
-    """A Ray actor: a copy of the policy and a TransformersEngine. Methods run one at a time, in call order."""
+    """A Ray actor: a copy of the policy and a TransformersEngine, or (vllm: VLLMSettings) a VLLMEngine holding
+    the copy. Methods run one at a time, in call order."""
 
-    def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str):
+    def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str,
+                 vllm=None):
         return_freed_memory()
         torch.set_num_threads(threads)
-        self.model = model_from_config(model_config, generation_config, dtype, torch.device(device)).eval()
-        self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING)
+        self.model = None
+        if vllm is None:
+            self.model = model_from_config(model_config, generation_config, dtype, torch.device(device)).eval()
+            self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING)
+        else:
+            from r1zero.rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_config, generation_config, tokenizer, vllm, torch.device(device),
+                                     STOP_STRING)
         self.version = -1  # no weights yet
 
     def load_weights(self, version: int, arrays) -> int:
-        load_arrays(self.model, arrays)
+        if self.model is None:  # vLLM: loaded in place into its running engine
+            self.engine.load_weights({name: array_tensor(*entry) for name, entry in arrays.items()}, version)
+        else:
+            load_arrays(self.model, arrays)
         self.version = version
         return version
 
@@ -210,13 +200,14 @@ class RolloutWorker:
 class RolloutWorkers:
     """N RolloutWorker actors behind the engine interface; see the module docstring."""
 
-    def __init__(self, count: int, policy, tokenizer, config: TrainConfig, device: torch.device):
+    def __init__(self, count: int, policy, tokenizer, config: TrainConfig, device: torch.device, vllm=None):
         import ray
 
         self.ray = ray
         self.actor = ray.remote(RolloutWorker).options(**actor_options(config, device))
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
-                     str(device))
+                     str(device), vllm)
+        self.sync_timeout = config.weight_sync_timeout_seconds
         self.workers = [self.actor.remote(*self.spec) for _ in range(count)]
         self.version = -1
         self.weights = None  # ObjectRef of the newest published weights
@@ -236,7 +227,7 @@ class RolloutWorkers:
 
         pending = [load(worker) for worker in self.workers]
         for index, reference in enumerate(pending):
-            self._retrying(index, load, reference)
+            self._retrying(index, load, reference, self.sync_timeout)
         self.publish_seconds = time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
@@ -250,23 +241,30 @@ class RolloutWorkers:
                     [prompts[i] for i in block], samples_per_prompt, max_new_tokens, temperature,
                     [seeds[i] for i in block])) for index, block in enumerate(blocks)}
         pending = {index: call(self.workers[index]) for index, call in calls.items()}  # all blocks run at once
-        completions, stopped = [], []
+        generations = []
         for index in range(len(blocks)):
             version, generation = self._retrying(index, calls[index], pending[index])
             if version != self.version:
                 raise StaleRolloutError(f"rollout worker {index} generated with policy version {version}, but version "
                                         f"{self.version} was published; its rollout is not used")
-            completions += generation.completions
-            stopped += generation.stopped
-        return Generation(completions, stopped)
+            generations.append(generation)
+        logprobs = None if generations[0].logprobs is None else [row for g in generations for row in g.logprobs]
+        return Generation([row for g in generations for row in g.completions],
+                          [flag for g in generations for flag in g.stopped], logprobs)
 
-    def _retrying(self, index: int, call, pending=None):
-        """The result of call(worker index), replacing the worker and calling again when its process dies."""
-        from ray.exceptions import RayActorError
+    def _retrying(self, index: int, call, pending=None, timeout: float | None = None):
+        """The result of call(worker index), replacing the worker and calling again when its process dies; a
+        RuntimeError when it has not answered within `timeout` seconds (weight loads)."""
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         for attempt in range(RESTARTS_PER_SHARE + 1):
             try:
-                return self.ray.get(pending if pending is not None else call(self.workers[index]))
+                return self.ray.get(pending if pending is not None else call(self.workers[index]), timeout=timeout)
+            except GetTimeoutError:
+                raise RuntimeError(f"rollout worker {index} did not load the weights of version {self.version} within "
+                                   f"weight_sync_timeout_seconds ({timeout:g} s); it is stuck or its node is "
+                                   f"overloaded. Raise weight_sync_timeout_seconds for very large models, or look at "
+                                   f"the worker's log (ray logs)") from None
             except RayActorError as error:  # the actor died (ActorDiedError) or its node is gone
                 if attempt == RESTARTS_PER_SHARE:
                     raise RuntimeError(f"rollout worker {index} died {attempt + 1} times in one step; last: "
@@ -275,7 +273,8 @@ class RolloutWorkers:
                 self.workers[index] = self.actor.remote(*self.spec)
                 self.restarts += 1
                 if self.weights is not None:
-                    self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights))
+                    self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
+                                 timeout=self.sync_timeout)
                 pending = None
 
     def take_restarts(self) -> int:

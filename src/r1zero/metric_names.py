@@ -25,3 +25,9 @@ EVAL_RESPONSE_LENGTH = "eval/response_length"
 EVAL_OOD_PREFIX = "eval/ood/"  # the same numbers on the out-of-distribution split (the built-in sums task)
 ALERTS = "alerts"  # the alerts that started at a step, as records
 ALERT_COUNT = "health/alerts"
+
+# With an engine that holds its own copy of the weights (vLLM): |log pi_old - log pi_engine| over the completions'
+# tokens, and the share of the loss's tokens the rollout correction truncated (tis) or masked (mis)
+LOGPROB_DIFF_MEAN = "rollout/logprob_diff_mean"
+LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
+CORRECTED_FRACTION = "rollout/corrected_fraction"

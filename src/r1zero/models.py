@@ -450,3 +450,26 @@ def save_model(model, tokenizer, destination: Path) -> None:
     if destination.exists():
         shutil.rmtree(destination)
     staging.rename(destination)
+
+
+def plain_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights as a plain transformers model of the same architecture names them: for a LoRA (peft) model,
+    copies of its base weights with the adapters' deltas added (the policy itself is left as it is)."""
+    if not hasattr(model, "peft_config"):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight.detach()
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).detach()
+            merged[f"{name}.weight"] = weight
+    state = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" not in key:
+            key = key.replace(".base_layer.", ".")
+            state[key] = merged.get(key, value)
+    return state

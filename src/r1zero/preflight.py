@@ -31,6 +31,7 @@ class PreparedRun(NamedTuple):
     tokenizer: object
     warnings: list[str]  # settings without effect together (TrainConfig.warnings), and a step too large for memory
     memory: object = None  # r1zero.memory.MemoryEstimate of a training step, per process
+    longest_prompt: int = 0  # tokens of the longest measured prompt (measure_prompts)
 
 
 def check_settings(config: TrainConfig) -> list[str]:
@@ -58,7 +59,18 @@ def file_problems(config: TrainConfig) -> list[str]:
         path = getattr(config, path_setting)
         if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
             problems.append(f"{path_setting}: file not found: {path}")
-    return problems + model_problems(config.model, config.max_new_tokens) + logger_problems(config.report_to)
+    return (problems + model_problems(config.model, config.max_new_tokens) + logger_problems(config.report_to)
+            + engine_problems(config.rollout_engine))
+
+
+def engine_problems(rollout_engine: str) -> list[str]:
+    """vLLM must be installed, and loadable, when it is the rollout engine; the message says what to install."""
+    if rollout_engine != "vllm":
+        return []
+    from r1zero.rollout.vllm_engine import vllm_problem
+
+    problem = vllm_problem()
+    return [f"rollout_engine: {problem}"] if problem else []
 
 
 def logger_problems(report_to: list[str]) -> list[str]:
@@ -110,7 +122,7 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
                           sources)
     longest = max((length for _, length in measured), default=0)
     estimate, memory_warning = check_memory(config, model_path, longest)
-    return PreparedRun(problems, model_path, tokenizer, warnings + memory_warning, estimate)
+    return PreparedRun(problems, model_path, tokenizer, warnings + memory_warning, estimate, longest)
 
 
 def check_memory(config: TrainConfig, model_path: Path, prompt_tokens: int):

@@ -49,14 +49,17 @@ from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
 from r1zero.health import HealthMonitor, reflection_rate
 from r1zero.memory import return_freed_memory
-from r1zero.models import PRECISIONS, load_model, load_policy, resolve_device, save_model
+from r1zero.models import (PRECISIONS, context_length, load_model, load_policy, plain_state_dict, resolve_device,
+                           save_model)
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
+from r1zero.rollout import RolloutEngine
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING, encode_prompts
 from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
-from r1zero.update import (ADVANTAGE_EPS, PolicyStats, PPOAdvantages, Rollout, UpdateSettings, pack_sequences,
-                           ppo_advantages, reference_logprobs, score_logprobs, update_plan, update_policy)
+from r1zero.update import (ADVANTAGE_EPS, EngineGap, PolicyStats, PPOAdvantages, Rollout, UpdateSettings,
+                           engine_gap, pack_sequences, ppo_advantages, reference_logprobs, score_logprobs, update_plan,
+                           update_policy)
 
 
 def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
@@ -75,12 +78,12 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             clock = StepClock()
             batch = sample_and_score(run, step)  # 1-3
             clock.lap("generation")
-            rollout, ppo = make_rollout(run, batch)  # 4
+            rollout, ppo, gap = make_rollout(run, batch)  # 4
             clock.lap("logprobs")
             update = update_models(run, rollout, step)  # 5
             clock.lap("update")
             sync = publish_weights(run, step, update)
-            metrics = step_metrics(run, batch, ppo, update, sync, clock)  # 6
+            metrics = step_metrics(run, batch, ppo, gap, update, sync, clock)  # 6
             log_step(run, step, metrics)
             out_of_time = bool(config.time_budget_seconds) and run.elapsed() >= config.time_budget_seconds
             last = step == config.max_steps or out_of_time
@@ -111,7 +114,8 @@ class Run:
     policy: torch.nn.Module
     reference: torch.nn.Module | None  # None without a KL term, or with LoRA (the policy's adapters switched off)
     critic: Critic | None  # PPO
-    engine: TransformersEngine  # evaluation, and rollouts without workers
+    engine: RolloutEngine  # rollouts without workers: r1zero's TransformersEngine or a VLLMEngine
+    eval_engine: RolloutEngine  # held-out evaluation (eval_engine: the rollout engine, or r1zero's)
     scorer: RewardScorer
     settings: UpdateSettings
     advantage: algorithms.AdvantageEstimator | None  # None: GAE with the critic
@@ -143,6 +147,8 @@ class Run:
         self.progress.close()
         self.scorer.close()
         self.logger.close()
+        if hasattr(self.engine, "close"):
+            self.engine.close()
         for actors in (self.workers, self.learners):
             if actors is not None:
                 actors.close()
@@ -153,7 +159,9 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     state. Every check runs before any weights load or any file is written."""
     quiet_libraries()
     return_freed_memory()
-    problems, model_path, tokenizer, notices, _ = prepare_run(config)  # settings, files, data, prompts, memory
+    prepared = prepare_run(config)  # settings, files, data, prompts, memory
+    problems, model_path, tokenizer, notices = (prepared.problems, prepared.model_path, prepared.tokenizer,
+                                                prepared.warnings)
     for notice in notices:
         console(f"r1zero: warning: {notice}")
     output_dir, resume_from, state = open_output(config, resume)
@@ -185,9 +193,21 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     first_step = state.step + 1 if state is not None else 1
     settings = UpdateSettings.from_config(config)
     workers = learners = None  # Ray rollout workers and learner ranks (r1zero.distributed)
+    vllm = vllm_settings(config, model_path, prepared.longest_prompt) if config.rollout_engine == "vllm" else None
+    own_engine = TransformersEngine(policy, tokenizer, STOP_STRING)
+    engine = own_engine
+    if vllm is not None and not config.rollout_workers:  # colocated: one vLLM engine in this process
+        from r1zero.rollout.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(policy.config, policy.generation_config, tokenizer, vllm, device, STOP_STRING)
+        engine.load_weights(plain_state_dict(policy), first_step - 1)  # version v: the weights after step v's update
     if config.rollout_workers:
-        workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device)
-        workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
+        workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device, vllm)
+        try:
+            workers.publish(first_step - 1, policy)  # version v: the weights after step v's update
+        except BaseException:
+            workers.close()  # no actor left behind in a cluster that outlives this run
+            raise
     if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
         shard_reference = config.fsdp and config.kl_coef > 0 and not config.lora_rank
         learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
@@ -196,10 +216,10 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
-    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic,
-              TransformersEngine(policy, tokenizer, STOP_STRING), scorer, settings, advantage, optimizer, scheduler,
-              sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [], [],
-              first_step, workers, learners)
+    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic, engine,
+              engine if config.eval_engine == "rollout" else own_engine, scorer, settings, advantage, optimizer,
+              scheduler, sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [],
+              [], first_step, workers, learners)
     run.held_out_prompts = run.encode(problems.held_out)
     if config.eval_out_of_distribution:
         run.out_of_distribution_prompts = run.encode(problems.out_of_distribution)
@@ -228,6 +248,16 @@ def open_output(config: TrainConfig, resume: bool) -> tuple[Path, Path | None, T
     if not resume:
         refuse_existing_run(output_dir)  # a new run never appends to another run's metrics
     return output_dir, resume_from, state
+
+
+def vllm_settings(config: TrainConfig, model_path: Path, longest_prompt: int):
+    """The vLLM engine's settings; its length limit, unless vllm_max_model_len is given: the longest measured
+    prompt plus max_new_tokens, at least 512, at most the model's context."""
+    from r1zero.rollout.vllm_engine import VLLMSettings
+
+    length = config.vllm_max_model_len or max(512, longest_prompt + config.max_new_tokens)
+    context = context_length(model_path)
+    return VLLMSettings.from_config(config, min(length, context) if context else length)
 
 
 def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None, device):
@@ -279,6 +309,8 @@ def default_output_dir(config: TrainConfig) -> Path:
 def sample_and_score(run: Run, step: int) -> StepBatch:
     """B prompt groups, generated by the rollout workers or in this process, scored (DAPO: informative groups)."""
     run.policy.eval()
+    if hasattr(run.engine, "require_version") and not run.workers:  # its own copy of the weights: the newest?
+        run.engine.require_version(step - 1)
     batch = collect_batch(run.problems, run.encode, run.workers or run.engine, run.scorer, run.tokenizer,
                           run.config, step)
     run.policy.train()
@@ -287,10 +319,11 @@ def sample_and_score(run: Run, step: int) -> StepBatch:
 
 # ---- 4. log-probabilities and advantages: the rollout ----------------------------------------------------------
 
-def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | None]:
+def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | None, EngineGap | None]:
     """The batch as a complete Rollout: reference log-probabilities when there is a KL term, the generating
-    policy's when the update is off-policy (UpdateSettings.needs_old_logprobs), and the advantages: within each
-    group, or GAE with the critic (whose numbers come back too)."""
+    policy's when the update is off-policy or an engine with its own weights sampled the batch
+    (UpdateSettings.needs_old_logprobs), that engine's gap to the trainer and the rollout correction (engine_gap),
+    and the advantages: within each group, or GAE with the critic (whose numbers come back too)."""
     config, device, kl = run.config, run.device, run.settings.kl
     sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device)
     count = len(batch.completions)
@@ -302,12 +335,18 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
     elif kl is not None:
         ref_logprobs = reference_logprobs(run.policy, run.reference, sequences, chunk, chunk_tokens, compute)
     old_logprobs = None
-    if run.settings.needs_old_logprobs(count):
+    if run.settings.needs_old_logprobs(count, batch.engine_logprobs is not None):
         old_logprobs = score_logprobs(run.policy, sequences, chunk, chunk_tokens, compute)
     loss_mask = None
     if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
         stopped = torch.tensor(batch.stopped, dtype=sequences.completion_mask.dtype, device=device)  # (N,)
         loss_mask = sequences.completion_mask * stopped[:, None]  # (N, T)
+    gap = None
+    if batch.engine_logprobs is not None:  # vLLM: measure its gap to the trainer, and correct for it
+        gap = engine_gap(old_logprobs, batch.engine_logprobs,
+                         sequences.completion_mask if loss_mask is None else loss_mask, sequences.completion_mask,
+                         run.settings)
+        loss_mask = gap.loss_mask
     reward = batch.reward_matrix(config.group_size)  # (B, G)
     ppo, critic_fields = None, {}
     if run.critic is None:
@@ -318,8 +357,9 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
                              ref_logprobs, config.gae_gamma, config.gae_lambda, config.whiten_advantages, chunk)
         advantages, critic_fields = ppo.advantages, {"old_values": ppo.old_values, "returns": ppo.returns}
     rollout = Rollout.of(sequences, advantages=advantages, loss_mask=loss_mask, old_logprobs=old_logprobs,
-                         ref_logprobs=ref_logprobs if kl is not None and kl.in_loss else None, **critic_fields)
-    return rollout, ppo
+                         ref_logprobs=ref_logprobs if kl is not None and kl.in_loss else None,
+                         correction_weights=gap.correction_weights if gap else None, **critic_fields)
+    return rollout, ppo, gap
 
 
 # ---- 5. update the policy (and the critic), then the rollout workers' weights --------------------------------
@@ -350,7 +390,11 @@ def update_models(run: Run, rollout: Rollout, step: int) -> StepUpdate:
 
 
 def publish_weights(run: Run, step: int, update: StepUpdate) -> dict:
-    """The rollout workers' next rollouts must come from the new weights; returns the step's Ray metrics."""
+    """The next rollouts must come from the new weights: into the vLLM engine in this process, or to the rollout
+    workers; returns the step's weight-sync metrics."""
+    if hasattr(run.engine, "load_weights") and not run.workers:
+        run.engine.load_weights(plain_state_dict(run.policy), step)
+        return {"time/weight_sync_seconds": run.engine.load_seconds}
     if not run.workers:
         return {}
     run.workers.publish(step, run.policy, update.weights)
@@ -375,13 +419,16 @@ class StepClock:
         return time.time() - self.started
 
 
-def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, update: StepUpdate, sync: dict,
-                 clock: StepClock) -> dict:
+def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: EngineGap | None, update: StepUpdate,
+                 sync: dict, clock: StepClock) -> dict:
     """The step's record of metrics.jsonl (every key is in the README's table)."""
     reward = batch.reward_matrix(run.config.group_size)  # (B, G)
     rewards, lengths, seconds = batch.rewards, [len(c) for c in batch.completions], clock.seconds()
     kl = run.settings.kl
-    critic = {}
+    critic, engine = {}, {}
+    if gap is not None:
+        engine = {names.LOGPROB_DIFF_MEAN: gap.mismatch.mean, names.LOGPROB_DIFF_MAX: gap.mismatch.max,
+                  names.CORRECTED_FRACTION: gap.corrected_fraction}
     if ppo is not None:
         critic = {"critic/value_mean": ppo.value_mean, "critic/explained_variance": ppo.explained_variance,
                   "critic/value_loss": update.critic.value_loss, "critic/grad_norm": update.critic.grad_norm,
@@ -408,7 +455,8 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, update: 
         "throughput/tokens_per_second": sum(lengths) / seconds,
         **batch.counts,  # dynamic_sampling/...
         **critic,
-        **sync,  # ray/... with rollout workers
+        **engine,  # rollout/... with vLLM
+        **sync,  # ray/... with rollout workers, time/weight_sync_seconds with vLLM
     }
 
 
@@ -440,7 +488,7 @@ def evaluate_held_out(run: Run, step: int) -> None:
     config = run.config
     run.policy.eval()
     started = time.time()
-    evaluation = evaluate(run.engine, run.tokenizer, run.held_out_prompts, run.problems.held_out,
+    evaluation = evaluate(run.eval_engine, run.tokenizer, run.held_out_prompts, run.problems.held_out,
                           run.problems.accuracy_reward, config.eval_samples, config.temperature,
                           config.max_new_tokens, run.sampling)
     metrics = dict(evaluation.metrics)
@@ -450,7 +498,7 @@ def evaluate_held_out(run: Run, step: int) -> None:
                f"pass@1 {metrics['eval/pass@1']:.3f}  format {metrics['eval/format']:.3f}")
     if run.out_of_distribution_prompts:
         # its own generator, seeded by the step: the held-out evaluations draw exactly what they would without it
-        harder = evaluate(run.engine, run.tokenizer, run.out_of_distribution_prompts,
+        harder = evaluate(run.eval_engine, run.tokenizer, run.out_of_distribution_prompts,
                           run.problems.out_of_distribution, run.problems.accuracy_reward, config.eval_samples,
                           config.temperature, config.max_new_tokens,
                           torch.Generator(device=run.device).manual_seed(config.seed * 1_000_003 + step),

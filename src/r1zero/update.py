@@ -86,6 +86,7 @@ class Rollout(Sequences):
     ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference; only when the KL is a loss term
     old_values: torch.Tensor | None = None  # (N, T) the critic's values at generation time (PPO)
     returns: torch.Tensor | None = None  # (N, T) the critic's targets (PPO)
+    correction_weights: torch.Tensor | None = None  # (N, T) rollout correction (TIS) on each token's policy loss
 
     @classmethod
     def of(cls, sequences: Sequences, **fields) -> "Rollout":
@@ -143,6 +144,32 @@ def reference_logprobs(policy, reference, sequences: Sequences, chunk: int, chun
         return score_logprobs(policy, sequences, chunk, chunk_tokens, compute)
 
 
+# ---- the engine's probabilities against the trainer's -----------------------------------------------------
+
+class EngineGap(NamedTuple):
+    """How the engine that sampled the batch differs from the trainer, and what the correction did."""
+
+    loss_mask: torch.Tensor  # (N, T) the tokens left in the loss (MIS removes some)
+    correction_weights: torch.Tensor | None  # (N, T) TIS's weights on the policy loss; None: no weights
+    mismatch: algorithms.LogprobMismatch  # |log pi_old - log pi_engine| over the completions' tokens
+    corrected_fraction: float  # share of the loss's tokens truncated (TIS) or masked (MIS)
+
+
+def engine_gap(old_logprobs: torch.Tensor, engine_logprobs: list[list[float]], token_mask: torch.Tensor,
+               completion_mask: torch.Tensor, settings: "UpdateSettings") -> EngineGap:
+    """The mismatch between the trainer's log-probabilities of the generating policy (old_logprobs (N, T)) and
+    the engine's (one list per completion), and settings.rollout_correction applied over token_mask (N, T)."""
+    engine = torch.zeros_like(old_logprobs)  # (N, T)
+    for row, values in enumerate(engine_logprobs):
+        engine[row, :len(values)] = torch.tensor(values, dtype=engine.dtype)
+    mismatch = algorithms.logprob_mismatch(old_logprobs, engine, completion_mask)
+    correction = settings.rollout_correction(old_logprobs, engine, token_mask, settings.rollout_correction_cap,
+                                             settings.rollout_correction_level)
+    weights = None if bool((correction.weights == 1).all()) else correction.weights  # all 1: the loss as it is
+    corrected = float(correction.corrected.sum() / token_mask.sum().clamp(min=1))
+    return EngineGap(correction.mask, weights, mismatch, corrected)
+
+
 # ---- settings, resolved once -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -194,6 +221,9 @@ class UpdateSettings:
     microbatch_tokens: int  # 0: off
     logprob_chunk_tokens: int = 0  # tokens per chunk through the output head (0: the whole logits at once)
     compute: torch.dtype | None = None  # the autocast dtype of mixed precision, or None
+    rollout_correction: algorithms.RolloutCorrectionFunction = algorithms.no_rollout_correction
+    rollout_correction_cap: float = 2.0
+    rollout_correction_level: str = "token"
 
     @classmethod
     def from_config(cls, config) -> "UpdateSettings":
@@ -204,14 +234,19 @@ class UpdateSettings:
                    max_new_tokens=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
                    updates_per_batch=config.updates_per_batch, minibatch_size=config.minibatch_size,
                    microbatch_size=config.microbatch_size, microbatch_tokens=config.microbatch_tokens,
-                   logprob_chunk_tokens=config.logprob_chunk_tokens, compute=PRECISIONS[config.dtype].compute)
+                   logprob_chunk_tokens=config.logprob_chunk_tokens, compute=PRECISIONS[config.dtype].compute,
+                   rollout_correction=algorithms.lookup(algorithms.ROLLOUT_CORRECTIONS, config.rollout_correction,
+                                                        "rollout correction"),
+                   rollout_correction_cap=config.rollout_correction_cap,
+                   rollout_correction_level=config.rollout_correction_level)
 
-    def needs_old_logprobs(self, count: int) -> bool:
+    def needs_old_logprobs(self, count: int, engine_logprobs: bool = False) -> bool:
         """Whether the generating policy's log-probabilities must be scored before the update: when the policy
-        moves before the batch's last optimiser step (mu > 1, or several minibatches), or the KL goes into the
-        reward (it is measured on the generating policy)."""
+        moves before the batch's last optimiser step (mu > 1, or several minibatches), the KL goes into the
+        reward (it is measured on the generating policy), or an engine with its own copy of the weights (vLLM)
+        sampled the batch (the trainer's probabilities are compared with the engine's)."""
         several_steps = self.updates_per_batch > 1 or (self.minibatch_size or count) < count
-        return several_steps or (self.kl is not None and self.kl.in_reward)
+        return several_steps or (self.kl is not None and self.kl.in_reward) or engine_logprobs
 
 
 # ---- the plan: minibatches and micro-batches ---------------------------------------------------------------
@@ -369,6 +404,8 @@ def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], set
         old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
         policy = settings.policy_loss(logprobs, old, micro.advantages, mask, settings.clip_low, settings.clip_high)
         per_token = policy.per_token_loss  # (n, t)
+        if micro.correction_weights is not None:  # TIS: the engine sampled from pi_engine, not pi_old
+            per_token = per_token * micro.correction_weights
         token_sums = {"kl": 0.0, "entropy": (entropy * mask).sum().item(),
                       "clip_fraction": (policy.is_clipped.float() * mask).sum().item()}
         if kl is not None:

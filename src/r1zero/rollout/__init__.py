@@ -2,7 +2,11 @@
 
 An engine turns B prompts (token ids) into B x G completions (token ids), grouped: rows g*... of prompt b are
 b*G .. b*G+G-1. Each completion ends with the stop sequence or EOS when it stopped, and is cut at
-max_new_tokens otherwise. Engines never score or train; the trainer calls `generate` and nothing else.
+max_new_tokens otherwise. Engines never score or train; the trainer calls `generate` and nothing else, and an engine that holds its own
+copy of the weights (vLLM) also `load_weights` after every optimiser step.
+
+    r1zero.rollout.transformers_engine   r1zero's own sampler, on the policy itself (the default; fastest on CPU)
+    r1zero.rollout.vllm_engine           vLLM, in the training process or in each Ray rollout worker (GPUs)
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ class Generation(NamedTuple):
 
     completions: list[list[int]]  # N lists of token ids, stop sequence / EOS included when reached
     stopped: list[bool]  # N flags: True when the completion ended by itself (stop sequence or EOS)
+    logprobs: list[list[float]] | None = None  # N lists: each sampled token's log-probability under the engine's
+    # own forward at temperature 1 (vLLM), for the mismatch metrics and corrections; None: the engine samples from
+    # the trainer's own policy (r1zero's engine), so there is no mismatch to measure
 
 
 class RolloutEngine(Protocol):
