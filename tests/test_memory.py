@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from r1zero.cli import main
-from r1zero.memory import ModelShape, StepShape, shape_of, step_memory
+from r1zero.memory import ModelShape, StepShape, shape_of, step_memory, vllm_engine_bytes
 
 QWEN25_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
@@ -46,6 +46,11 @@ def test_each_term_by_hand():
     lora = step_memory(model, step, 4, 0, trainable_fraction=0.1)
     assert (lora.gradients, lora.optimizer, lora.reference) == (400, 800, 0)
     assert plain.total == sum(plain)
+    # a colocated vLLM engine: on CPU its float32 copy of the 1,000 weights plus the 1 GiB KV cache it starts with;
+    # on a GPU of 80e9 bytes the 0.3 share it reserves; a given cache size: weights plus that
+    assert vllm_engine_bytes(model, 4, 0.0, 0.3, 24e9, on_gpu=False) == 4000 + 2**30
+    assert vllm_engine_bytes(model, 2, 0.0, 0.3, 80e9, on_gpu=True) == 0.3 * 80e9
+    assert vllm_engine_bytes(model, 2, 0.5, 0.3, 80e9, on_gpu=True) == 2000 + 2**29
 
 
 def test_check_warns_before_loading_when_a_step_would_not_fit(tmp_path, llama_dir, capsys):
@@ -69,6 +74,20 @@ def test_check_warns_before_loading_when_a_step_would_not_fit(tmp_path, llama_di
     # the built-in model fits: no warning
     assert main(["train", "--check"]) == 0
     assert "warning: memory" not in capsys.readouterr().err
+
+
+def test_a_colocated_vllm_engine_counts_in_the_estimate():
+    from r1zero.config import TrainConfig
+    from r1zero.models import SHIPPED_MODEL
+    from r1zero.preflight import check_memory
+
+    parameters = shape_of(SHIPPED_MODEL).parameters
+    plain, _ = check_memory(TrainConfig(), SHIPPED_MODEL, 70)
+    colocated, _ = check_memory(TrainConfig(rollout_engine="vllm"), SHIPPED_MODEL, 70)
+    in_workers, _ = check_memory(TrainConfig(rollout_engine="vllm", rollout_workers=2), SHIPPED_MODEL, 70)
+    assert plain.engine == 0 and in_workers.engine == 0  # r1zero's engine holds nothing more; workers hold theirs
+    assert colocated.engine == parameters * 4 + 2**30  # its float32 weights and the 1 GiB cache (on this CPU)
+    assert colocated.total == plain.total + colocated.engine
 
 
 

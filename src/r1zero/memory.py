@@ -105,6 +105,7 @@ class MemoryEstimate(NamedTuple):
     activations: float
     logits: float
     gathered: float  # FSDP: the largest unit's full parameters while it runs
+    engine: float = 0.0  # a colocated vLLM engine: its own weights and KV cache (vllm_engine_bytes)
     baseline: float = BASELINE_BYTES
 
     @property
@@ -137,6 +138,18 @@ def step_memory(model: ModelShape, step: StepShape, parameter_bytes: int = 4, re
     gathered = model.largest_unit * parameter_bytes * 2 if shards > 1 else 0.0  # a unit's full weights and grads
     return MemoryEstimate(weights, trained, 2 * trained, model.parameters * reference_bytes / shards, activations,
                           logits, gathered)
+
+
+def vllm_engine_bytes(model: ModelShape, weight_bytes: int, kv_cache_gib: float, memory_share: float,
+                      capacity: float, on_gpu: bool) -> float:
+    """What a vLLM engine in the training process holds besides training's state: on a GPU the share of its
+    memory it reserves (gpu_memory_utilization x the GPU's memory, its weights and KV cache inside it), unless the
+    KV cache's size is given (then the weights plus it); on a CPU its copy of the weights plus the KV cache
+    (1 GiB unless given, as r1zero.rollout.vllm_engine starts it)."""
+    weights = model.parameters * weight_bytes
+    if kv_cache_gib:
+        return weights + kv_cache_gib * 2**30
+    return memory_share * capacity if on_gpu else weights + 2**30
 
 
 def per_token_numbers(model: ModelShape, sequence: int) -> float:
@@ -173,4 +186,7 @@ def advice(config, estimate: MemoryEstimate) -> list[str]:
                     f"GB, divided by K)")
     if not config.lora_rank:
         tips.append("--lora-rank 16 (gradients and AdamW state for the adapters only)")
+    if estimate.engine:
+        tips.append(f"--rollout-workers N (the vLLM engine, {estimate.engine / GB:.1f} GB, then runs in other "
+                    f"processes), or a smaller --vllm-kv-cache-gib / --vllm-memory")
     return tips

@@ -149,6 +149,10 @@ def check_memory(config: TrainConfig, model_path: Path, prompt_tokens: int):
         logprob_chunk_tokens=config.logprob_chunk_tokens, shards=ranks if config.fsdp else 1,
         activation_bytes=(precision.compute or precision.parameters).itemsize)
     capacity, what = memory.machine_memory(config.device)
+    if config.rollout_engine == "vllm" and not config.rollout_workers:  # colocated: its weights and cache here
+        engine_bytes = 2 if config.dtype in ("bfloat16", "float16") else 4
+        estimate = estimate._replace(engine=memory.vllm_engine_bytes(
+            shape, engine_bytes, config.vllm_kv_cache_gib, config.vllm_memory, capacity, what.startswith("GPU")))
     if estimate.total <= capacity:
         return estimate, []
     return estimate, [f"memory: a training step needs about {estimate.describe()} per process, more than "
