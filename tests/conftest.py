@@ -61,6 +61,30 @@ def read_metrics(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def kill_first_worker_at_step_2(monkeypatch):
+    """Make the first rollout worker's process die at step 2's generate (the second call), before its prompts come
+    back; the call then goes on as the run would."""
+    import os
+    import signal
+    import time
+
+    from r1zero.distributed import RolloutWorkers
+
+    calls = {"n": 0}
+    generate = RolloutWorkers.generate
+
+    def generate_after_a_kill(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            pid = self.pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                time.sleep(0.05)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutWorkers, "generate", generate_after_a_kill)
+
+
 def without_timings(records):
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
 

@@ -3,7 +3,6 @@ gradient, runs give the same metrics whatever the number of rollout workers and 
 replaced, a stale rollout is refused, and Ray scoring keeps the pool's limits."""
 
 import os
-import signal
 import sys
 import time
 
@@ -12,7 +11,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import read_metrics, tiny_run_config, without_timings
+from conftest import kill_first_worker_at_step_2, read_metrics, tiny_run_config, without_timings
 from r1zero.config import TrainConfig
 from r1zero.example import Example
 from r1zero.models import load_tokenizer
@@ -173,21 +172,7 @@ def test_fsdp_with_a_sharded_reference_and_lora_on_several_ranks(llama_dir, tmp_
 
 def test_a_killed_rollout_worker_is_replaced_and_the_run_is_unchanged(llama_dir, tmp_path, length_reward,
                                                                       reference_run, monkeypatch):
-    from r1zero.distributed import RolloutWorkers
-
-    calls = {"n": 0}
-    generate = RolloutWorkers.generate
-
-    def generate_after_a_kill(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # step 2: the first worker's process dies before its prompts come back
-            pid = self.pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-                time.sleep(0.05)
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(RolloutWorkers, "generate", generate_after_a_kill)
+    kill_first_worker_at_step_2(monkeypatch)
     train(tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, rollout_workers=2, **SHARED))
     records = read_metrics(tmp_path / "run")
     steps = [r for r in records if "reward/mean" in r]

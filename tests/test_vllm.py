@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import os
-import signal
-import time
 
 import pytest
 import torch
 
-from conftest import read_metrics, tiny_run_config, without_timings
+from conftest import kill_first_worker_at_step_2, read_metrics, tiny_run_config, without_timings
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.models import SHIPPED_MODEL, load_model, load_tokenizer, plain_state_dict
 from r1zero.templates import STOP_STRING, encode_prompts
@@ -137,6 +134,21 @@ def optimiser_step(policy, engine, tokenizer, prompts):
     update_policy(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), rollout, plan, settings)
 
 
+SEEDS = [7, 8, 9, 10]  # of the four prompts whose gap is measured
+
+
+def assert_the_load_needs(breaking, engine, policy, tokenizer, prompts, monkeypatch):
+    """After an optimiser step, a load with breaking() in effect leaves the engine more than 1e-2 from the
+    trainer; once monkeypatch's changes are undone, the load brings it back within 1e-4."""
+    optimiser_step(policy, engine, tokenizer, prompts)
+    breaking()
+    engine.load_weights(plain_state_dict(policy), 1)
+    assert largest_gap(engine, policy, prompts, SEEDS) > 1e-2
+    monkeypatch.undo()
+    engine.load_weights(plain_state_dict(policy), 1)
+    assert largest_gap(engine, policy, prompts, SEEDS) < 1e-4
+
+
 @needs_vllm
 def test_greedy_completions_equal_r1zeros_engine(engine, policy, tokenizer):
     from r1zero.rollout.transformers_engine import TransformersEngine
@@ -166,14 +178,8 @@ def test_without_the_output_heads_repack_the_engine_keeps_the_old_head(engine, p
         head = worker.model_runner.model.lm_head
         monkeypatch.setattr(head.quant_method, "process_weights_after_loading", lambda layer: None)
 
-    prompts, seeds = sums_prompts(tokenizer, 4), [7, 8, 9, 10]
-    engine.llm.collective_rpc(skip_repack)
-    optimiser_step(policy, engine, tokenizer, prompts)
-    engine.load_weights(plain_state_dict(policy), 1)
-    assert largest_gap(engine, policy, prompts, seeds) > 1e-2
-    monkeypatch.undo()
-    engine.load_weights(plain_state_dict(policy), 1)
-    assert largest_gap(engine, policy, prompts, seeds) < 1e-4
+    assert_the_load_needs(lambda: engine.llm.collective_rpc(skip_repack), engine, policy, tokenizer,
+                          sums_prompts(tokenizer, 4), monkeypatch)
 
 
 @needs_vllm
@@ -181,17 +187,12 @@ def test_without_the_prefix_cache_reset_prompts_reuse_keys_of_the_old_weights(en
                                                                                 monkeypatch):
     # prompts longer than one KV-cache block (128 tokens on CPU): only whole blocks are cached and shared
     questions = [f"What is {' + '.join(str(n) for n in range(start, start + 40))}?" for start in (1, 5, 9, 13)]
-    prompts, seeds = encode_prompts(questions, "r1_zero", tokenizer), [7, 8, 9, 10]
+    prompts, seeds = encode_prompts(questions, "r1_zero", tokenizer), SEEDS
     block = engine.llm.llm_engine.vllm_config.cache_config.block_size
     assert min(len(p) for p in prompts) > block
     largest_gap(engine, policy, prompts, seeds)  # the prompts' keys cached with version 0
-    optimiser_step(policy, engine, tokenizer, prompts)
-    monkeypatch.setattr(engine.llm, "reset_prefix_cache", lambda *args, **kwargs: True)
-    engine.load_weights(plain_state_dict(policy), 1)
-    assert largest_gap(engine, policy, prompts, seeds) > 1e-2
-    monkeypatch.undo()
-    engine.load_weights(plain_state_dict(policy), 1)
-    assert largest_gap(engine, policy, prompts, seeds) < 1e-4
+    assert_the_load_needs(lambda: monkeypatch.setattr(engine.llm, "reset_prefix_cache", lambda *a, **k: True),
+                          engine, policy, tokenizer, prompts, monkeypatch)
 
 
 @needs_vllm
@@ -265,24 +266,11 @@ def ray_cluster():
 
 @needs_vllm
 def test_a_ray_worker_with_vllm_gives_the_colocated_run_even_when_killed(tmp_path, ray_cluster, monkeypatch):
-    from r1zero.distributed import RolloutWorkers
     from r1zero.trainer import train
 
     settings = dict(max_steps=3, eval_every=0, eval_problems=8, eval_samples=1)
     colocated = steps_of(without_timings(read_metrics(train(vllm_run_config(tmp_path / "here", **settings)))))
-    calls = {"n": 0}
-    generate = RolloutWorkers.generate
-
-    def generate_after_a_kill(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # step 2: the worker's process dies before its prompts come back
-            pid = self.pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-                time.sleep(0.05)
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(RolloutWorkers, "generate", generate_after_a_kill)
+    kill_first_worker_at_step_2(monkeypatch)
     remote = steps_of(without_timings(read_metrics(train(vllm_run_config(
         tmp_path / "ray", rollout_workers=1, ray_worker_cpus=1.0, **settings)))))
     assert [r.pop("ray/rollout_worker_restarts") for r in remote] == [0, 1, 0]
