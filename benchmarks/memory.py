@@ -217,19 +217,17 @@ def run_trl(model: Path, prompts: int, new_tokens: int, reserve: float, folder: 
 
 
 def estimate(model: Path, name: str, flags: list[str], prompts: int, group: int, new_tokens: int, dtype: str):
-    from r1zero import memory
-    from r1zero.models import PRECISIONS
+    """r1zero's own estimate (preflight.step_memory_estimate, what `train --check` prints) of a row's settings."""
+    from r1zero.config import TrainConfig
+    from r1zero.preflight import step_memory_estimate
 
-    precision = PRECISIONS[dtype]
     ranks = 2 if "--fsdp" in flags else 1
     chunk = int(flags[flags.index("--logprob-chunk-tokens") + 1]) if "--logprob-chunk-tokens" in flags else 0
+    config = TrainConfig(prompts_per_step=prompts, group_size=group, max_new_tokens=new_tokens, dtype=dtype,
+                         kl_coef=BETA, logprob_chunk_tokens=chunk, train_processes=ranks, fsdp=ranks > 1,
+                         gradient_checkpointing="--gradient-checkpointing" in flags or name == "trl")
     prompt_tokens = 70  # the R1-Zero template around a sum, in r1zero's word-level tokenizer (66-72 tokens)
-    rows = -(-prompts * group // ranks)
-    return memory.step_memory(memory.shape_of(model), memory.StepShape(rows, prompt_tokens, new_tokens, group),
-                              precision.parameters.itemsize, precision.reference.itemsize,
-                              gradient_checkpointing="--gradient-checkpointing" in flags or name == "trl",
-                              logprob_chunk_tokens=chunk, shards=ranks,
-                              activation_bytes=(precision.compute or precision.parameters).itemsize)
+    return step_memory_estimate(config, model, prompt_tokens)
 
 
 def paper_table() -> str:

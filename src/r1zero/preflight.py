@@ -126,16 +126,32 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
 
 
 def check_memory(config: TrainConfig, model_path: Path, prompt_tokens: int):
-    """The step's estimated peak memory per process (r1zero.memory) for prompts of prompt_tokens tokens, and a
-    warning naming the settings that would bring it down when it is above the machine's memory (the GPU's on
-    CUDA). (None, []) for a model the estimate cannot read (not a Llama-style config)."""
+    """The step's estimated peak memory per process (step_memory_estimate) and a warning naming the settings that
+    would bring it down when it is above the machine's memory (the GPU's on CUDA). (None, []) for a model the
+    estimate cannot read (not a Llama-style config)."""
+    from r1zero import memory
+
+    capacity, what = memory.machine_memory(config.device)
+    estimate = step_memory_estimate(config, model_path, prompt_tokens, capacity, what.startswith("GPU"))
+    if estimate is None or estimate.total <= capacity:
+        return estimate, []
+    return estimate, [f"memory: a training step needs about {estimate.describe()} per process, more than "
+                      f"{what} ({capacity / memory.GB:.0f} GB); to bring it down: "
+                      + "; ".join(memory.advice(config, estimate))]
+
+
+def step_memory_estimate(config: TrainConfig, model_path: Path, prompt_tokens: int, capacity: float = 0.0,
+                         on_gpu: bool = False):
+    """r1zero.memory's estimate of a training step per process under these settings, prompts of prompt_tokens
+    tokens (a colocated vLLM engine included; capacity, on_gpu: the device's memory, for its share); None for a
+    model the estimate cannot read. benchmarks/memory.py checks it against measured peaks."""
     from r1zero import memory
     from r1zero.models import PRECISIONS
 
     try:
         shape = memory.shape_of(model_path)
     except (KeyError, ValueError):
-        return None, []
+        return None
     rows = config.microbatch_size or config.minibatch_size or config.prompts_per_step * config.group_size
     if config.microbatch_tokens and not config.microbatch_size:
         rows = min(rows, max(1, config.microbatch_tokens // config.max_new_tokens))
@@ -148,16 +164,11 @@ def check_memory(config: TrainConfig, model_path: Path, prompt_tokens: int):
         trainable_fraction=0.02 if config.lora_rank else 1.0, gradient_checkpointing=config.gradient_checkpointing,
         logprob_chunk_tokens=config.logprob_chunk_tokens, shards=ranks if config.fsdp else 1,
         activation_bytes=(precision.compute or precision.parameters).itemsize)
-    capacity, what = memory.machine_memory(config.device)
     if config.rollout_engine == "vllm" and not config.rollout_workers:  # colocated: its weights and cache here
         engine_bytes = 2 if config.dtype in ("bfloat16", "float16") else 4
         estimate = estimate._replace(engine=memory.vllm_engine_bytes(
-            shape, engine_bytes, config.vllm_kv_cache_gib, config.vllm_memory, capacity, what.startswith("GPU")))
-    if estimate.total <= capacity:
-        return estimate, []
-    return estimate, [f"memory: a training step needs about {estimate.describe()} per process, more than "
-                      f"{what} ({capacity / memory.GB:.0f} GB); to bring it down: "
-                      + "; ".join(memory.advice(config, estimate))]
+            shape, engine_bytes, config.vllm_kv_cache_gib, config.vllm_memory, capacity, on_gpu))
+    return estimate
 
 
 def measure_prompts(problems: ProblemSource, tokenizer, template: str) -> list[tuple[Example, int]]:

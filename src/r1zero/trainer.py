@@ -7,12 +7,13 @@
 One step, as in the DeepSeek-R1 paper (GRPO, Shao et al. 2024), each stage a function below on the Run that
 start_run builds once:
   1-3. sample_and_score: B prompts in the R1-Zero template, G completions each from the current policy (the "old"
-       policy of the ratio), scored by rule-based rewards: accuracy of the final answer, tag format (r1zero.batch,
-       with DAPO's dynamic sampling and overlong penalty)
+       policy of the ratio; r1zero's engine, or vLLM with its own copy of the weights), scored by rule-based
+       rewards: accuracy of the final answer, tag format (r1zero.batch, with DAPO's dynamic sampling and overlong
+       penalty)
   4.   make_rollout: reference and old log-probabilities, then advantages, each reward compared with the others
        of its group (or, for PPO, GAE with a critic); the Rollout the update reads (r1zero.update)
   5.   update_models: the policy mu times on the batch with its policy loss plus beta * KL to the reference (PPO:
-       and the critic, r1zero.critic); publish_weights sends the new weights to the rollout workers
+       and the critic, r1zero.critic); publish_weights sends the new weights to vLLM or the rollout workers
   6.   step_metrics and log_step; every eval_every steps, evaluate_held_out on held-out problems
   7.   checkpoint_or_stop: every checkpoint_every steps (and on Ctrl-C) a checkpoint that `r1zero train --resume
        DIR` continues from exactly (r1zero.checkpoint); stop after max_nonfinite_steps non-finite steps in a row
@@ -194,13 +195,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     settings = UpdateSettings.from_config(config)
     workers = learners = None  # Ray rollout workers and learner ranks (r1zero.distributed)
     vllm = vllm_settings(config, model_path, prepared.longest_prompt) if config.rollout_engine == "vllm" else None
-    own_engine = TransformersEngine(policy, tokenizer, STOP_STRING)
-    engine = own_engine
-    if vllm is not None and not config.rollout_workers:  # colocated: one vLLM engine in this process
-        from r1zero.rollout.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(policy.config, policy.generation_config, tokenizer, vllm, device, STOP_STRING)
-        engine.load_weights(plain_state_dict(policy), first_step - 1)  # version v: the weights after step v's update
+    engine, eval_engine = start_engines(config, policy, tokenizer, device, vllm, first_step)
     if config.rollout_workers:
         workers = distributed.RolloutWorkers(config.rollout_workers, policy, tokenizer, config, device, vllm)
         try:
@@ -209,17 +204,15 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
             workers.close()  # no actor left behind in a cluster that outlives this run
             raise
     if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
-        shard_reference = config.fsdp and config.kl_coef > 0 and not config.lora_rank
         learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
-                                        shard_reference, reference)
-        reference = None if shard_reference else reference
+                                        reference_on_ranks(config), reference)
+        reference = None if reference_on_ranks(config) else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
-    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic, engine,
-              engine if config.eval_engine == "rollout" else own_engine, scorer, settings, advantage, optimizer,
-              scheduler, sampling, shuffling, monitor, logger, Progress(config.max_steps, start=first_step - 1), [],
-              [], first_step, workers, learners)
+    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic, engine, eval_engine, scorer,
+              settings, advantage, optimizer, scheduler, sampling, shuffling, monitor, logger,
+              Progress(config.max_steps, start=first_step - 1), [], [], first_step, workers, learners)
     run.held_out_prompts = run.encode(problems.held_out)
     if config.eval_out_of_distribution:
         run.out_of_distribution_prompts = run.encode(problems.out_of_distribution)
@@ -250,6 +243,20 @@ def open_output(config: TrainConfig, resume: bool) -> tuple[Path, Path | None, T
     return output_dir, resume_from, state
 
 
+def start_engines(config: TrainConfig, policy, tokenizer, device, vllm, first_step: int):
+    """(the rollout engine in this process, the evaluation's): r1zero's engine on the policy itself, or with
+    rollout_engine vllm and no rollout workers a vLLM engine given the policy's weights as version first_step - 1
+    (the weights after that step's update); evaluation uses the rollout engine unless eval_engine is r1zero."""
+    own = TransformersEngine(policy, tokenizer, STOP_STRING)
+    if vllm is None or config.rollout_workers:
+        return own, own
+    from r1zero.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(policy.config, policy.generation_config, tokenizer, vllm, device, STOP_STRING)
+    engine.load_weights(plain_state_dict(policy), first_step - 1)
+    return engine, engine if config.eval_engine == "rollout" else own
+
+
 def vllm_settings(config: TrainConfig, model_path: Path, longest_prompt: int):
     """The vLLM engine's settings; its length limit, unless vllm_max_model_len is given: the longest measured
     prompt plus max_new_tokens, at least 512, at most the model's context."""
@@ -260,6 +267,11 @@ def vllm_settings(config: TrainConfig, model_path: Path, longest_prompt: int):
     return VLLMSettings.from_config(config, min(length, context) if context else length)
 
 
+def reference_on_ranks(config: TrainConfig) -> bool:
+    """Whether the reference model is held on the FSDP learner ranks, sharded, instead of in this process."""
+    return config.fsdp and config.train_processes > 1 and config.kl_coef > 0 and not config.lora_rank
+
+
 def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None, device):
     """The policy (from the checkpoint when resuming), the frozen reference (only with a KL term; with LoRA the
     policy with its adapters switched off is the reference: no second copy) and PPO's critic."""
@@ -267,9 +279,9 @@ def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None,
     policy = load_policy(model_path, resume_from, precision.parameters, device, config.lora_rank, config.lora_alpha,
                          config.lora_dropout, config.lora_target_modules, config.gradient_checkpointing)
     reference = None
-    # with FSDP a new run's reference is the initial policy, which the ranks already receive: none here
-    fresh_fsdp = config.fsdp and config.train_processes > 1 and resume_from is None
-    if config.kl_coef > 0 and not config.lora_rank and not fresh_fsdp:
+    # a new run whose reference lives on the FSDP ranks: it is the initial policy, which the ranks already
+    # receive, so none is loaded here (on resume the ranks get it from here)
+    if config.kl_coef > 0 and not config.lora_rank and not (reference_on_ranks(config) and resume_from is None):
         reference = load_model(model_path, precision.reference, device, trainable=False)
     critic = None
     if config.advantage == "gae":
