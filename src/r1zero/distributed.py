@@ -74,9 +74,14 @@ def array_tensor(dtype: str, array: np.ndarray) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
+def arrays_to_state(arrays: dict[str, tuple[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """The state dict of entries made by state_to_arrays, each tensor sharing its array's memory."""
+    return {name: array_tensor(*entry) for name, entry in arrays.items()}
+
+
 def load_arrays(model, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
     """Copy weights made by weights_to_arrays into `model` (every name must match)."""
-    model.load_state_dict({name: array_tensor(*entry) for name, entry in arrays.items()}, strict=True)
+    model.load_state_dict(arrays_to_state(arrays), strict=True)
 
 
 @torch.no_grad()
@@ -183,7 +188,7 @@ class RolloutWorker:
 
     def load_weights(self, version: int, arrays) -> int:
         if self.model is None:  # vLLM: loaded in place into its running engine
-            self.engine.load_weights({name: array_tensor(*entry) for name, entry in arrays.items()}, version)
+            self.engine.load_weights(arrays_to_state(arrays), version)
         else:
             load_arrays(self.model, arrays)
         self.version = version
