@@ -154,11 +154,14 @@ def run_r1zero(model: Path, flags: list[str], prompts: int, group: int, new_toke
     finished = len(done) >= steps_to_run
     result["seconds"] = done[-1]["time/step_seconds"] if finished else None
     result["tokens"] = done[-1]["response/length_mean"] * prompts * group if finished else None
+    result["phases"] = [done[-1][f"time/{phase}_seconds"] for phase in ("generation", "logprobs", "update")] \
+        if finished else None
     return result
 
 
 TRL_WORKER = """
 import json, sys, time
+import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -175,11 +178,27 @@ dataset = Dataset.from_list([{"prompt": text} for text, _ in pairs] * 2)
 accuracy = lambda prompts, completions, **k: [float(integer_reward(c, examples[p])) for p, c in zip(prompts, completions)]
 formatted = lambda prompts, completions, **k: [float(format_reward(c, examples[p])) for p, c in zip(prompts, completions)]
 
+phases = {"generation": 0.0, "scoring": 0.0, "reference": 0.0}  # seconds in the step now running
+
+def timed(function, name, when=lambda: True):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if when():
+                phases[name] += time.perf_counter() - started
+    return wrapper
+
 class StepTimer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
+        phases.update(generation=0.0, scoring=0.0, reference=0.0)
         self.started = time.perf_counter()
     def on_step_end(self, args, state, control, **kwargs):
-        print(json.dumps({"step_seconds": time.perf_counter() - self.started}), flush=True)
+        seconds = time.perf_counter() - self.started
+        update = seconds - phases["scoring"]  # the policy's forward and backward, and AdamW
+        print(json.dumps({"step_seconds": seconds, "generation_seconds": phases["generation"],
+                          "reference_seconds": phases["reference"], "update_seconds": update}), flush=True)
 
 args = GRPOConfig(output_dir=sys.argv[5], per_device_train_batch_size=prompts * GROUP, num_generations=GROUP,
                   max_completion_length=new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=BETA, num_iterations=1,
@@ -189,6 +208,11 @@ args = GRPOConfig(output_dir=sys.argv[5], per_device_train_batch_size=prompts * 
                   gradient_checkpointing=True)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir)
+model.generate = timed(model.generate, "generation")  # TRL's generation calls the model's own generate
+# generation, rewards and the reference pass; the reference is the one log-probability call without gradients
+GRPOTrainer._generate_and_score_completions = timed(GRPOTrainer._generate_and_score_completions, "scoring")
+GRPOTrainer._get_per_token_logps_and_entropies = timed(GRPOTrainer._get_per_token_logps_and_entropies, "reference",
+                                                       when=lambda: not torch.is_grad_enabled())
 GRPOTrainer(model=model, reward_funcs=[accuracy, formatted], args=args, train_dataset=dataset,
             processing_class=tokenizer, callbacks=[StepTimer()]).train()
 """
@@ -201,14 +225,16 @@ def run_trl(model: Path, prompts: int, new_tokens: int, reserve: float, folder: 
     command = [sys.executable, str(script), str(model), str(Path(__file__).parent), str(prompts), str(new_tokens),
                str(folder / "out")]
 
-    def steps() -> list[float]:
-        return [json.loads(line)["step_seconds"] for line in log.read_text().splitlines()
+    def steps() -> list[dict]:
+        return [json.loads(line) for line in log.read_text().splitlines()
                 if line.startswith('{"step_seconds"')] if log.exists() else []
 
     result = watch(command, lambda: len(steps()) >= 2, reserve, log)
     done = steps()
-    result["seconds"] = done[1] if len(done) >= 2 else None
+    result["seconds"] = done[1]["step_seconds"] if len(done) >= 2 else None
     result["tokens"] = None
+    result["phases"] = [done[1][f"{phase}_seconds"] for phase in ("generation", "reference", "update")] \
+        if len(done) >= 2 else None
     return result
 
 
@@ -270,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(name, ROWS[name], args.prompts, GROUP, args.new_tokens) for name in args.rows] + \
         ([LARGE] if args.large else [])
     print("| row | prompts x samples x tokens | peak RSS GB (USS) | rank peaks RSS GB (USS) | s/step | "
-          "estimate GB (per process) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "generation / reference / update s | estimate GB (per process) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, flags, prompts, group, new_tokens in rows:
         folder = Path(tempfile.mkdtemp(dir=args.workdir, prefix=f"{name}-"))
         if name == "trl":
@@ -287,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             peak = f"out of memory at {peak}"
         ranks = ", ".join(f"{rss:.1f} ({uss:.1f})" for rss, uss in zip(result["rank_rss_gb"], result["rank_uss_gb"]))
         seconds = f"{result['seconds']:.0f}" if result["seconds"] else "-"
-        print(f"| {name} | {prompts} x {group} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | "
+        phases = " / ".join(f"{value:.0f}" for value in result["phases"]) if result["phases"] else "-"
+        print(f"| {name} | {prompts} x {group} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | {phases} | "
               f"{guess.describe()} |", flush=True)
         print(json.dumps({"row": name, **result}), file=sys.stderr, flush=True)
     print("\nOn paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, chunked "
