@@ -12,8 +12,9 @@ beside it, saved once into --workdir. Every row trains the built-in task for 2 s
 most 128 new tokens, beta 0.04 (a reference model), lr 1e-6, in its own process; the random model rarely stops,
 so nearly every sample is 128 tokens. Measured: the peak resident memory (RSS, polled every 0.2 s; and USS, the
 pages a process holds alone, every second) of the training process and of each Ray learner rank until step 2 has
-finished, and step 2's seconds (step 1 warms up). A row is killed, and reported out of memory, when the machine
-has less than --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured
+finished, and step 2's seconds (step 1 warms up) with their phases: generation, reference (r1zero: its logprobs
+phase, advantages included) and update. A row is killed, and reported out of memory, when the machine has less
+than --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured
 here.)
 
 Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 512
@@ -192,7 +193,7 @@ def timed(function, name, when=lambda: True):
 
 class StepTimer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
-        phases.update(generation=0.0, scoring=0.0, reference=0.0)
+        phases.update(dict.fromkeys(phases, 0.0))
         self.started = time.perf_counter()
     def on_step_end(self, args, state, control, **kwargs):
         seconds = time.perf_counter() - self.started
