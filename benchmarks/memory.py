@@ -10,14 +10,18 @@ The model is a randomly initialised Qwen2 of Qwen2.5-0.5B's shape (hidden 896, M
 key-value heads, a 151,936-token vocabulary, tied embeddings: 494M parameters) with r1zero's built-in tokenizer
 beside it, saved once into --workdir. Every row trains the built-in task for 2 steps of 8 prompts x 4 samples, at
 most 128 new tokens, beta 0.04 (a reference model), lr 1e-6, in its own process; the random model rarely stops,
-so nearly every sample is 128 tokens. Measured: the peak resident memory (RSS, polled every 0.2 s; and USS, the
-pages a process holds alone, every second) of the training process and of each Ray learner rank until step 2 has
-finished, and step 2's seconds (step 1 warms up) with their phases: generation, reference (r1zero: its logprobs
-phase, advantages included) and update. A row is killed, and reported out of memory, when the machine has less
-than --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured
-here.)
+so nearly every sample is 128 tokens. Measured, of the training process and of each Ray learner rank until step
+2 has finished: the peak resident memory (RSS: the kernel's own high-water mark, VmHWM, so no spike between two
+polls is missed) and the peak of the process's own pages (RssAnon, polled every 0.2 s: its anonymous memory,
+without the libraries, the files it maps and Ray's object store, which the driver and the ranks map together and
+which RSS counts in each of them); and step 2's seconds (step 1 warms up) with their phases: generation,
+reference (r1zero: its logprobs phase, advantages included) and update. Both come from /proc/PID/status, which
+costs nothing: the USS this script read before (psutil's memory_full_info, once a second) walks every page
+table of the process, 78 ms of CPU a read on a 5.6 GB process, holding the lock every mmap and munmap needs.
+A row is killed, and reported out of memory, when the machine has less than
+--reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured here.)
 
-Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 512
+Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 256
 tokens at a time, the default), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing +
 --train-processes 2 --fsdp: the policy, its gradients, AdamW and the reference split over 2 ranks), trl (TRL
 1.16's GRPOTrainer with gradient_checkpointing=True, same model and settings); --large adds r1zero's best
@@ -51,7 +55,7 @@ SHAPES = {  # Qwen2.5's published configs (config.json of Qwen/Qwen2.5-*), witho
 }
 VOCABULARY = 151936
 PROMPTS, GROUP, NEW_TOKENS, BETA = 8, 4, 128, 0.04
-CHUNK = "512"  # r1zero's default --logprob-chunk-tokens
+CHUNK = "256"  # r1zero's default --logprob-chunk-tokens
 ROWS = {
     "plain": ["--logprob-chunk-tokens", "0"],
     "chunked": ["--logprob-chunk-tokens", CHUNK],
@@ -95,28 +99,38 @@ def learner_ranks() -> list:
     return ranks
 
 
+def status_gb(pid: int) -> tuple[float, float]:
+    """(VmHWM, RssAnon) of process `pid` in GB, from /proc/PID/status: the kernel's peak RSS so far and the
+    process's own (anonymous) resident pages now. Reading it walks no page tables."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmHWM", "RssAnon"):
+                fields[name] = int(value.split()[0]) * 1024 / 1e9  # kB
+    return fields["VmHWM"], fields["RssAnon"]
+
+
 def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
     """Run `command` in its own session; poll its memory until done() (or the process ends); kill the session.
-    Returns the peak RSS (resident pages, shared ones included) and USS (pages of its own: Ray's object store,
-    which the driver and the ranks map together, counts in each one's RSS but in no one's USS) in GB, of the
-    process and of each learner rank, and whether the machine ran short (less than reserve_gb available)."""
+    Returns the peak RSS (VmHWM: resident pages, shared ones included) and the peak of its own pages (RssAnon:
+    Ray's object store, which the driver and the ranks map together, counts in each one's RSS but in no one's
+    own pages) in GB, of the process and of each learner rank, and whether the machine ran short (less than
+    reserve_gb available)."""
     import psutil
 
     peaks: dict[str, list[float]] = {}
-    killed, polls = False, 0
+    killed = False
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        main = psutil.Process(process.pid)
         while process.poll() is None and not done():
-            polls += 1
-            for name, watched in [("driver", main)] + [(f"rank {r.pid}", r) for r in learner_ranks()]:
+            for name, pid in [("driver", process.pid)] + [(f"rank {r.pid}", r.pid) for r in learner_ranks()]:
                 try:
-                    rss = watched.memory_info().rss / 1e9
-                    uss = watched.memory_full_info().uss / 1e9 if polls % 5 == 0 else 0.0  # smaps is slow
-                except psutil.Error:
+                    high_water, own = status_gb(pid)
+                except (OSError, KeyError):  # the process has just ended
                     continue
                 old = peaks.get(name, [0.0, 0.0])
-                peaks[name] = [max(old[0], rss), max(old[1], uss)]
+                peaks[name] = [max(old[0], high_water), max(old[1], own)]
             if psutil.virtual_memory().available < reserve_gb * 1e9:
                 killed = True
                 break
@@ -130,8 +144,8 @@ def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
         process.wait()
     ranks = [value for key, value in sorted(peaks.items()) if key.startswith("rank")]
     driver = peaks.get("driver", [0.0, 0.0])
-    return {"driver_rss_gb": driver[0], "driver_uss_gb": driver[1], "rank_rss_gb": [r[0] for r in ranks],
-            "rank_uss_gb": [r[1] for r in ranks], "out_of_memory": killed}
+    return {"driver_rss_gb": driver[0], "driver_own_gb": driver[1], "rank_rss_gb": [r[0] for r in ranks],
+            "rank_own_gb": [r[1] for r in ranks], "out_of_memory": killed}
 
 
 def run_r1zero(model: Path, flags: list[str], prompts: int, group: int, new_tokens: int, dtype: str, reserve: float,
@@ -296,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(Path(args.workdir) / f"qwen2-{args.shape}", args.shape)
     rows = [(name, ROWS[name], args.prompts, GROUP, args.new_tokens) for name in args.rows] + \
         ([LARGE] if args.large else [])
-    print("| row | prompts x samples x tokens | peak RSS GB (USS) | rank peaks RSS GB (USS) | s/step | "
+    print("| row | prompts x samples x tokens | peak RSS GB (own) | rank peaks RSS GB (own) | s/step | "
           "generation / reference / update s | estimate GB (per process) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, flags, prompts, group, new_tokens in rows:
@@ -309,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
         guess = estimate(model, name, flags, prompts, group, new_tokens, args.dtype)
-        peak = f"{result['driver_rss_gb']:.1f} ({result['driver_uss_gb']:.1f})"
+        peak = f"{result['driver_rss_gb']:.1f} ({result['driver_own_gb']:.1f})"
         if result["out_of_memory"]:
             peak = f"out of memory at {peak}"
-        ranks = ", ".join(f"{rss:.1f} ({uss:.1f})" for rss, uss in zip(result["rank_rss_gb"], result["rank_uss_gb"]))
+        ranks = ", ".join(f"{rss:.1f} ({own:.1f})" for rss, own in zip(result["rank_rss_gb"], result["rank_own_gb"]))
         seconds = f"{result['seconds']:.0f}" if result["seconds"] else "-"
         phases = " / ".join(f"{value:.0f}" for value in result["phases"]) if result["phases"] else "-"
         print(f"| {name} | {prompts} x {group} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | {phases} | "

@@ -58,3 +58,22 @@ def test_step_products_follow_the_phases(floor):
     # scoring: 5 prompt positions + completion inputs (0 + 2), logits at the 4 completion tokens
     assert floor.flops(phases.reference) == 7 * per_position + 4 * logit
     assert floor.flops(phases.update) == 3 * floor.flops(phases.reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/PID/status")
+def test_memory_benchmark_reads_the_peak_and_the_own_pages_of_a_process(tmp_path):
+    # a child touches 300 MB (one block, mmap'd by glibc), frees it, and reads benchmarks/memory.py's status_gb of
+    # itself before, with the block and after: its own pages rise by about 0.31 GB (300 x 2^20 bytes) and fall
+    # back; the kernel's high-water mark keeps the peak after the block is gone (to within the few hundred kB the
+    # child allocated between its reads: the kernel records the mark when the block is unmapped)
+    import json
+    import subprocess
+
+    child = ("import json, sys; sys.path.insert(0, sys.argv[1]); from memory import status_gb; import os; "
+             "numbers = [status_gb(os.getpid())]; block = b'x' * (300 << 20); numbers.append(status_gb(os.getpid())); "
+             "del block; numbers.append(status_gb(os.getpid())); print(json.dumps(numbers))")
+    output = subprocess.run([sys.executable, "-c", child, str(BENCHMARKS)], capture_output=True, text=True, check=True)
+    (peak_before, own_before), (peak_with, own_with), (peak_after, own_after) = json.loads(output.stdout)
+    assert 0.30 < own_with - own_before < 0.33
+    assert abs(own_after - own_before) < 0.02
+    assert peak_with - peak_before > 0.30 and abs(peak_after - peak_with) < 0.001

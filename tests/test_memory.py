@@ -96,12 +96,13 @@ import gc, sys, torch
 from r1zero.memory import return_freed_memory
 def resident() -> float:  # bytes, from /proc (psutil is not a dependency)
     return int(open("/proc/self/statm").read().split()[1]) * 4096
-if sys.argv[1] == "fixed":
-    assert return_freed_memory()
+threshold, block = sys.argv[1], int(sys.argv[2]) << 20
+if threshold != "dynamic":
+    assert return_freed_memory(int(threshold))
 first = torch.empty(30 << 20, dtype=torch.uint8)
 del first  # glibc raises its dynamic threshold to 30 MB when this one is freed
 before = resident()
-blocks = [torch.ones(20 << 20, dtype=torch.uint8) for _ in range(40)]  # 40 x 20 MB, touched
+blocks = [torch.ones(block, dtype=torch.uint8) for _ in range(40)]  # 40 blocks, touched
 last = blocks.pop()  # kept alive: it sits above the others, so the heap cannot shrink past it
 del blocks
 gc.collect()
@@ -113,10 +114,16 @@ print((resident() - before) / (1 << 20))
 def test_freed_blocks_go_back_to_the_system():
     # 39 freed blocks of 20 MB: with glibc's dynamic threshold (raised to 30 MB) they were served from the heap
     # under a live one and stay resident (about 39 x 20 = 780 MB); with the threshold fixed at 16 MiB each had its
-    # own mapping, gone when freed, and only the live block remains (20 MB)
-    def kept(mode: str) -> float:
-        done = subprocess.run([sys.executable, "-c", HOLES, mode], capture_output=True, text=True, check=True)
+    # own mapping, gone when freed, and only the live block remains (20 MB). Blocks of 8 MB (a 0.5B model's MLP
+    # shard on 2 FSDP ranks) stay resident under 16 MiB (39 x 8 = 312 MB) and go back under the ranks' 1 MiB.
+    from r1zero.memory import MMAP_THRESHOLD_BYTES, SHARDED_MMAP_THRESHOLD_BYTES
+
+    def kept(threshold, block_mb: int) -> float:
+        done = subprocess.run([sys.executable, "-c", HOLES, str(threshold), str(block_mb)], capture_output=True,
+                              text=True, check=True)
         return float(done.stdout.split()[-1])
 
-    assert kept("dynamic") > 600
-    assert kept("fixed") < 45
+    assert kept("dynamic", 20) > 600
+    assert kept(MMAP_THRESHOLD_BYTES, 20) < 45
+    assert kept(MMAP_THRESHOLD_BYTES, 8) > 250
+    assert kept(SHARDED_MMAP_THRESHOLD_BYTES, 8) < 30

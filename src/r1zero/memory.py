@@ -30,12 +30,13 @@ from typing import NamedTuple
 GB = 1e9
 BASELINE_BYTES = 0.6 * GB  # the interpreter, torch, transformers and the tokenizer, measured on CPU (RSS at start)
 MMAP_THRESHOLD_BYTES = 16 << 20
+SHARDED_MMAP_THRESHOLD_BYTES = 1 << 20  # FSDP learner ranks: see return_freed_memory
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
-def return_freed_memory() -> bool:
-    """Make the C allocator give every freed block of MMAP_THRESHOLD_BYTES or more back to the system at once;
-    True where it could (glibc), False elsewhere (nothing changes there).
+def return_freed_memory(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Make the C allocator give every freed block of threshold_bytes or more back to the system at once; True
+    where it could (glibc), False elsewhere (nothing changes there).
 
     Why: glibc serves a block above its threshold with its own mmap and unmaps it when freed, but by default it
     raises the threshold to the size of each such block freed, up to 32 MB. After the first update a 0.5B model's
@@ -44,14 +45,20 @@ def return_freed_memory() -> bool:
     8.4 GB of live tensors, and peaked at 15.4 GB in step 2; with the threshold fixed at 16 MiB, 8.7 and 11.6 GB at
     the same seconds per step. A lower threshold (1 MiB: 8.4 and 12.0 GB) made the built-in model's steps 30-40%
     slower, every mid-sized tensor then costing fresh pages. Fixing the threshold turns glibc's dynamic one off
-    (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold)."""
+    (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold).
+
+    FSDP learner ranks take SHARDED_MMAP_THRESHOLD_BYTES (1 MiB): sharding halves every tensor at 2 ranks, so the
+    0.5B shape's per-layer shards, their gradients and AdamW moments (8.7 MB) and a rank's activations (11 MB at
+    16 rows) fall under 16 MiB, into the heap. With 16 MiB the ranks of benchmarks/memory.py's fsdp2 row peaked at
+    8.8 and 8.4 GB of their own pages in step 2 and Ray's memory monitor killed one (2026-12-06); with 1 MiB they
+    had peaked at 7.9 GB (commit 122d852)."""
     try:
         library = ctypes.CDLL(None)
         mallopt = library.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
-    trimmed = mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2 * MMAP_THRESHOLD_BYTES))  # as glibc's own
-    return bool(trimmed and mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(MMAP_THRESHOLD_BYTES)))
+    trimmed = mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2 * threshold_bytes))  # as glibc's own
+    return bool(trimmed and mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(threshold_bytes)))
 
 
 class ModelShape(NamedTuple):
@@ -175,7 +182,7 @@ def advice(config, estimate: MemoryEstimate) -> list[str]:
     """The settings that would bring the estimate down, the largest terms first."""
     tips = []
     if estimate.logits > 0.5 * GB and not config.logprob_chunk_tokens:
-        tips.append(f"--logprob-chunk-tokens 512 (logits {estimate.logits / GB:.1f} GB)")
+        tips.append(f"--logprob-chunk-tokens 256 (logits {estimate.logits / GB:.1f} GB)")
     if estimate.activations > 1 * GB and not config.gradient_checkpointing:
         tips.append(f"--gradient-checkpointing (activations {estimate.activations / GB:.1f} GB)")
     if estimate.activations > 1 * GB:
