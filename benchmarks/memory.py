@@ -17,8 +17,9 @@ without the libraries, the files it maps and Ray's object store, which the drive
 which RSS counts in each of them); and step 2's seconds (step 1 warms up) with their phases: generation,
 reference (r1zero: its logprobs phase, advantages included) and update. Both come from /proc/PID/status, which
 costs nothing: the USS this script read before (psutil's memory_full_info, once a second) walks every page
-table of the process, 78 ms of CPU a read on a 5.6 GB process, holding the lock every mmap and munmap needs.
-A row is killed, and reported out of memory, when the machine has less than
+table of the process, 78 ms of CPU a read on a 5.6 GB process, holding the lock every mmap and munmap needs,
+and slowed the rows it measured (r1zero's checkpointing row: 369 s a step under it, 302 s without it, same code,
+2026-12-06). A row is killed, and reported out of memory, when the machine has less than
 --reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured here.)
 
 Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 256
