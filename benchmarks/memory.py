@@ -19,8 +19,8 @@ reference (r1zero: its logprobs phase, advantages included) and update. Both com
 costs nothing: the USS this script read before (psutil's memory_full_info, once a second) walks every page
 table of the process, 78 ms of CPU a read on a 5.6 GB process, holding the lock every mmap and munmap needs,
 and slowed the rows it measured (r1zero's checkpointing row: 369 s a step under it, 302 s without it, same code,
-2026-12-06). A row is killed, and reported out of memory, when the machine has less than
---reserve GB left. (On a GPU, torch.cuda.max_memory_allocated is the number to read; not measured here.)
+2026-12-06). A row is killed, and reported out of memory, when the machine has less than --reserve GB left. (On a
+GPU, torch.cuda.max_memory_allocated is the number to read; not measured here.)
 
 Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 256
 tokens at a time, the default), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing +
@@ -109,6 +109,8 @@ def status_gb(pid: int) -> tuple[float, float]:
             name, _, value = line.partition(":")
             if name in ("VmHWM", "RssAnon"):
                 fields[name] = int(value.split()[0]) * 1024 / 1e9  # kB
+    if len(fields) < 2:
+        raise RuntimeError(f"/proc/{pid}/status has no VmHWM or RssAnon line: Linux 4.5 or newer is needed")
     return fields["VmHWM"], fields["RssAnon"]
 
 
@@ -128,7 +130,7 @@ def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
             for name, pid in [("driver", process.pid)] + [(f"rank {r.pid}", r.pid) for r in learner_ranks()]:
                 try:
                     high_water, own = status_gb(pid)
-                except (OSError, KeyError):  # the process has just ended
+                except OSError:  # the process has just ended
                     continue
                 old = peaks.get(name, [0.0, 0.0])
                 peaks[name] = [max(old[0], high_water), max(old[1], own)]

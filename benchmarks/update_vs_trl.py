@@ -1,7 +1,7 @@
 """The update alone, r1zero's against TRL's, on the 0.5B shape: seconds, CPU time in the kernel, page faults.
 
     pip install trl==1.16.0                       # TRL for its row only; r1zero does not depend on it
-    python benchmarks/update_vs_trl.py            # 16 rows of 70 + 128 tokens, 2 updates per row: about 12 minutes
+    python benchmarks/update_vs_trl.py            # 16 rows of 70 + 128 tokens, 2 updates a side: about 9 minutes
     python benchmarks/update_vs_trl.py --rows 32 --sides r1zero trl
 
 A training step's update (forward, backward, gradient clipping, AdamW) on fixed inputs, with no generation

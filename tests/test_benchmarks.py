@@ -1,4 +1,5 @@
-"""The FLOP accounting of benchmarks/step_floor.py: which matrix products a step cannot do without."""
+"""The FLOP accounting of benchmarks/step_floor.py (which matrix products a step cannot do without) and the memory
+readings of benchmarks/memory.py."""
 
 import importlib
 import sys
@@ -61,7 +62,7 @@ def test_step_products_follow_the_phases(floor):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/PID/status")
-def test_memory_benchmark_reads_the_peak_and_the_own_pages_of_a_process(tmp_path):
+def test_memory_benchmark_reads_the_peak_and_the_own_pages_of_a_process():
     # a child touches 300 MB (one block, mmap'd by glibc), frees it, and reads benchmarks/memory.py's status_gb of
     # itself before, with the block and after: its own pages rise by about 0.31 GB (300 x 2^20 bytes) and fall
     # back; the kernel's high-water mark keeps the peak after the block is gone (to within the few hundred kB the
