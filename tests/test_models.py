@@ -52,21 +52,93 @@ def test_chunked_logprobs_equal_the_whole_logits_with_their_gradients(request, a
     assert plain_output_head(model) is model.lm_head
 
 
-def test_chunked_logprobs_never_hold_more_than_a_chunk_of_logits(llama_dir):
+def test_chunked_logprobs_never_hold_more_than_a_chunk_of_logits(llama_dir, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
-    widths = []  # the rows of every input the output head sees, forward and recomputed in the backward
+    widths = []  # the rows of every chunk of logits computed, forward and recomputed in the backward
+    compute = models.chunk_logits
+    monkeypatch.setattr(models, "chunk_logits", lambda states, *head: widths.append(len(states)) or compute(states, *head))
     model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[:-1]))
     batch = rollout()
     logprobs, _ = batch.logprobs(model, chunk_tokens=4)
     logprobs.sum().backward()
-    # 13 tokens in chunks of 4, 4, 4, 1, each run once forward and once again in the backward
-    assert sorted(tuple(w) for w in widths) == sorted([(4,), (4,), (4,), (1,)] * 2)
+    # 13 tokens in chunks of 4, 4, 4, 1, each run once forward and once again in the backward; the head module
+    # itself never runs (its weight goes straight to LinearHeadLogprobs)
+    assert sorted(widths) == sorted([4, 4, 4, 1] * 2)
     hidden = torch.randn(2, 3, 8)
     head = torch.nn.Linear(8, 5)
     by_hand = torch.log_softmax(head(hidden), -1).gather(-1, torch.tensor([[1, 2, 0], [4, 4, 3]])[..., None])[..., 0]
     chunked, _ = chunked_head_logprobs(hidden, head, torch.tensor([[1, 2, 0], [4, 4, 3]]),
                                        torch.tensor([[1.0, 1, 0], [1, 1, 1]]), 2)
     torch.testing.assert_close(chunked, by_hand * torch.tensor([[1.0, 1, 0], [1, 1, 1]]))
+
+
+def test_linear_head_logprobs_by_hand():
+    # a zero weight makes every logit 0 + bias = 0: p = 1/3 over V = 3 words, log pi(y) = -log 3, entropy log 3;
+    # with g = dL/dlogpi = 1, dL/dz = onehot(y) - 1/3, so for s = (1, 2), y = 0:
+    #   dL/dweight = (dL/dz)^T s: row 0 (2/3)(1, 2) = (2/3, 4/3), rows 1 and 2 -(1/3)(1, 2) = (-1/3, -2/3)
+    #   dL/dbias = (2/3, -1/3, -1/3); dL/ds = dL/dz @ weight = 0
+    states = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    weight = torch.zeros(3, 2, requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+    logprobs, entropy = models.LinearHeadLogprobs.apply(states, weight, bias, torch.tensor([0]), 4, True)
+    logprobs.sum().backward()
+    torch.testing.assert_close(logprobs, torch.tensor([-1.0986123]))
+    torch.testing.assert_close(entropy, torch.tensor([1.0986123]))
+    torch.testing.assert_close(weight.grad, torch.tensor([[2 / 3, 4 / 3], [-1 / 3, -2 / 3], [-1 / 3, -2 / 3]]))
+    torch.testing.assert_close(bias.grad, torch.tensor([2 / 3, -1 / 3, -1 / 3]))
+    torch.testing.assert_close(states.grad, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 2, 5])
+def test_linear_head_logprobs_pass_gradcheck(chunk_tokens):
+    # float64 finite differences against the hand-written backward, for the states, the weight and the bias, with
+    # chunks of 1, 2 (an uneven last chunk of 1) and 5 (one chunk)
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(5, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(7, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, generator=generator, requires_grad=True)
+    targets = torch.tensor([0, 6, 3, 3, 1])
+    assert torch.autograd.gradcheck(
+        lambda s, w, b: models.LinearHeadLogprobs.apply(s, w, b, targets, chunk_tokens, False)[0], (states, weight, bias))
+
+
+def test_linear_head_logprobs_under_bfloat16_autocast_match_autograd():
+    # mixed precision: the products in bfloat16 as torch.autocast would run head(states), the softmax in float32
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(6, 16, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(16, 40)
+    targets = torch.randint(0, 40, (6,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = torch.log_softmax(head(states).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    reference.sum().backward()
+    expected = (reference.detach(), states.grad.clone(), head.weight.grad.clone())
+    states.grad, head.weight.grad = None, None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logprobs, _ = models.LinearHeadLogprobs.apply(states, head.weight, head.bias, targets, 4, False)
+    logprobs.sum().backward()
+    assert logprobs.dtype == torch.float32 and head.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(logprobs, expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(states.grad, expected[1], atol=1e-2, rtol=1e-2)  # bfloat16 products, either way
+    torch.testing.assert_close(head.weight.grad, expected[2], atol=1e-2, rtol=1e-2)
+
+
+def test_a_head_that_is_not_a_plain_linear_layer_is_chunked_through_autograd(llama_dir):
+    # a LoRA-wrapped (or any other) output layer runs as a module, each chunk checkpointed: the same numbers
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64),
+                           LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights=False))
+    head = plain_output_head(model)
+    assert type(head) is not torch.nn.Linear
+    batch = rollout()
+    plain, _ = batch.logprobs(model)
+    (plain * batch.completion_mask).sum().backward()
+    plain_gradient = gradients(model)
+    model.zero_grad()
+    chunked, _ = batch.logprobs(model, chunk_tokens=3)
+    (chunked * batch.completion_mask).sum().backward()
+    torch.testing.assert_close(chunked, plain * batch.completion_mask, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gradients(model), plain_gradient, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])

@@ -324,34 +324,115 @@ def _head_logprobs(head, states: torch.Tensor, targets: torch.Tensor, with_entro
     logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     normaliser = torch.logsumexp(logits, dim=-1)  # (c,)
     logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser  # (c,)
-    entropy = None
-    if with_entropy:  # H = log Z - sum_v p_v z_v, with one (c, V) buffer for p, then p * z, in place
-        with torch.no_grad():
-            detached, log_normaliser = logits.detach(), normaliser.detach()
-            probabilities = (detached - log_normaliser[:, None]).exp_()  # (c, V)
-            entropy = log_normaliser - probabilities.mul_(detached).sum(-1)  # (c,)
-    return logprobs, entropy
+    return logprobs, _entropy(logits, normaliser) if with_entropy else None
+
+
+def _entropy(logits: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+    """H = log Z - sum_v p_v z_v (c,), without gradient, with one (c, V) buffer for p, then p * z, in place."""
+    with torch.no_grad():
+        detached, log_normaliser = logits.detach(), normaliser.detach()
+        probabilities = (detached - log_normaliser[:, None]).exp_()  # (c, V)
+        return log_normaliser - probabilities.mul_(detached).sum(-1)  # (c,)
+
+
+def chunk_logits(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(c, V) logits of a chunk of states (c, H) through a linear head (weight (V, H), already in the compute
+    dtype), in float32 or wider."""
+    logits = torch.nn.functional.linear(states.to(weight.dtype), weight, bias)  # (c, V)
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+class LinearHeadLogprobs(torch.autograd.Function):
+    """log pi(y_k) (K,) and, without gradient, the entropy (K,) of softmax(z_k), z_k = weight @ s_k + bias, for K
+    states s (K, H) and targets y (K,), chunk_tokens rows at a time. The backward recomputes each chunk's logits
+    and turns them into their own gradient in place:
+
+        d log pi(y_k) / d z_kv = [v = y_k] - p_kv,  so  dL/dz_k = g_k ([v = y_k] - p_k),  g_k = dL/d log pi(y_k)
+        dL/ds_k = dL/dz_k @ weight,  dL/dweight = sum_k dL/dz_k^T s_k (accumulated in one (V, H) buffer)
+
+    So one chunk's (c, V) logits live at a time (two in the forward with the entropy), and the weight's gradient is
+    one buffer for all chunks, not one (V, H) tensor per chunk added up by autograd. Matrix products run in the
+    autocast dtype when autocast is on (bfloat16 mixed precision), the softmax in float32 or wider."""
+
+    @staticmethod
+    def forward(ctx, states, weight, bias, targets, chunk_tokens: int, with_entropy: bool):
+        device = states.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        wide = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        logprobs = states.new_empty(len(states), dtype=wide)  # (K,)
+        normalisers = torch.empty_like(logprobs)  # (K,) log Z_k, kept for the backward
+        entropy = torch.empty_like(logprobs) if with_entropy else None  # (K,)
+        with torch.autocast(device, enabled=False):
+            head_weight, head_bias = weight.to(compute), None if bias is None else bias.to(compute)
+            for start in range(0, len(states), chunk_tokens):
+                rows = slice(start, start + chunk_tokens)
+                logits = chunk_logits(states[rows], head_weight, head_bias)  # (c, V)
+                normalisers[rows] = torch.logsumexp(logits, dim=-1)
+                logprobs[rows] = logits.gather(-1, targets[rows, None]).squeeze(-1) - normalisers[rows]
+                if with_entropy:
+                    entropy[rows] = _entropy(logits, normalisers[rows])
+        ctx.save_for_backward(states, weight, bias, targets, normalisers)
+        ctx.chunk_tokens, ctx.compute = chunk_tokens, compute
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        states, weight, bias, targets, normalisers = ctx.saved_tensors
+        needs_states, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_states = torch.zeros_like(states) if needs_states else None  # (K, H)
+        grad_weight = torch.zeros(weight.shape, dtype=normalisers.dtype, device=weight.device) \
+            if needs_weight else None  # (V, H), accumulated over the chunks in float32 or wider
+        grad_bias = torch.zeros(bias.shape, dtype=normalisers.dtype, device=bias.device) if needs_bias else None
+        with torch.autocast(states.device.type, enabled=False):
+            head_weight, head_bias = weight.to(ctx.compute), None if bias is None else bias.to(ctx.compute)
+            for start in range(0, len(states), ctx.chunk_tokens):
+                rows = slice(start, start + ctx.chunk_tokens)
+                chunk = states[rows].to(ctx.compute)  # (c, H)
+                gradient = chunk_logits(chunk, head_weight, head_bias)  # (c, V) the logits, then in place:
+                gradient.sub_(normalisers[rows, None]).exp_()  # p (c, V)
+                gradient.mul_(-grad_logprobs[rows, None]).scatter_add_(1, targets[rows, None],
+                                                                      grad_logprobs[rows, None])  # dL/dz
+                if needs_bias:
+                    grad_bias += gradient.sum(0)
+                gradient = gradient.to(ctx.compute)
+                if needs_states:
+                    grad_states[rows] = gradient @ head_weight  # (c, H)
+                if needs_weight and gradient.dtype == grad_weight.dtype:
+                    grad_weight.addmm_(gradient.t(), chunk)  # (V, H) += (V, c) @ (c, H), in place
+                elif needs_weight:
+                    grad_weight += gradient.t() @ chunk  # bfloat16 products, summed in float32
+        return (grad_states, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
 
 
 def chunked_head_logprobs(hidden: torch.Tensor, head, tokens: torch.Tensor, mask: torch.Tensor, chunk_tokens: int,
                           with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (n, T) of `tokens` from the hidden states (n, T, H) before them, through the output
     `head`, chunk_tokens real tokens at a time: neither the (n, T, V) logits nor their softmax is ever held, only
-    one chunk's (chunk_tokens, V). With gradients, each chunk is checkpointed (its logits recomputed in the
-    backward). Padding (mask 0) is skipped and gets log-probability 0 and entropy 0."""
+    one chunk's (chunk_tokens, V). A plain torch.nn.Linear head goes through LinearHeadLogprobs (its backward turns
+    each recomputed chunk into its gradient in place); any other head (a LoRA-wrapped one) has each chunk
+    checkpointed (its logits recomputed in the backward by autograd). Padding (mask 0) is skipped and gets
+    log-probability 0 and entropy 0."""
     count, width, size = hidden.shape
     positions = mask.reshape(-1).nonzero().squeeze(-1)  # (K,) the real tokens
     states = hidden.reshape(-1, size).index_select(0, positions)  # (K, H)
     targets = tokens.reshape(-1).index_select(0, positions).long()  # (K,)
-    logprob_pieces, entropy_pieces = [], []
-    for start in range(0, len(positions), chunk_tokens):
-        piece = (head, states[start:start + chunk_tokens], targets[start:start + chunk_tokens], with_entropy)
-        if states.requires_grad:
-            logprobs, entropy = torch.utils.checkpoint.checkpoint(_head_logprobs, *piece, use_reentrant=False)
-        else:
-            logprobs, entropy = _head_logprobs(*piece)
-        logprob_pieces.append(logprobs)
-        entropy_pieces.append(entropy)
+    if type(head) is torch.nn.Linear and len(positions):
+        logprobs, entropy = LinearHeadLogprobs.apply(states, head.weight, head.bias, targets, chunk_tokens,
+                                                     with_entropy)
+        logprob_pieces, entropy_pieces = [logprobs], [entropy]
+    else:
+        logprob_pieces, entropy_pieces = [], []
+        for start in range(0, len(positions), chunk_tokens):
+            piece = (head, states[start:start + chunk_tokens], targets[start:start + chunk_tokens], with_entropy)
+            if states.requires_grad:
+                logprobs, entropy = torch.utils.checkpoint.checkpoint(_head_logprobs, *piece, use_reentrant=False)
+            else:
+                logprobs, entropy = _head_logprobs(*piece)
+            logprob_pieces.append(logprobs)
+            entropy_pieces.append(entropy)
     dtype = logprob_pieces[0].dtype if logprob_pieces else torch.float32
 
     def scatter(pieces):  # (K,) values back to their (n, T) places, 0 on padding
