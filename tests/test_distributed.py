@@ -109,6 +109,46 @@ def test_two_ranks_give_the_one_process_gradient_in_every_aggregation_mode(llama
     assert (single["token"][0] - single["sequence"][0]).abs().max() > 1e-4
 
 
+@ray.remote(num_cpus=0.5)
+def sharded_scoring(port, model_dir, sequences):
+    """On one gloo rank: (whether the root's embeddings are still gathered right after a no-grad forward, whether
+    sharded_logprobs leaves every parameter sharded, its log-probabilities)."""
+    import torch.distributed as dist
+
+    from r1zero.distributed import shard, sharded_logprobs
+    from r1zero.update import score_logprobs
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval().requires_grad_(False)
+        shard(model)
+        score_logprobs(model, sequences, len(sequences.completion_ids), single_pass=True)
+        gathered = not hasattr(model.get_input_embeddings().weight, "to_local")  # FSDP2 kept the root unsharded
+        logprobs = sharded_logprobs(model, sequences, 0)
+        resharded = all(hasattr(parameter, "to_local") for parameter in model.parameters())
+        return gathered, resharded, logprobs
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_reference_is_resharded_after_scoring(llama_dir):
+    # FSDP2 keeps a root's parameters gathered after a forward without gradient (no backward comes to reshard
+    # them): the ranks' reference would hold its full embeddings through the update (0.54 GB on the 0.5B shape)
+    from r1zero.distributed import free_port
+    from r1zero.update import pack_sequences, score_logprobs
+
+    torch.manual_seed(0)
+    completions = [[int(t) for t in torch.randint(10, 90, (length,))] for length in (3, 5, 1, 4)]
+    sequences = pack_sequences([[3, 4, 5], [6, 7]], completions, 2, 0, torch.device("cpu"))
+    gathered, resharded, logprobs = ray.get(sharded_scoring.remote(free_port(), str(llama_dir), sequences))
+    assert gathered and resharded
+    plain = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float64).eval()
+    mask = sequences.completion_mask  # (4, 5); padding's values depend on the route and are never read
+    expected = score_logprobs(plain, sequences, 4) * mask
+    assert expected.sum() < -1  # real log-probabilities
+    torch.testing.assert_close(logprobs * mask, expected, atol=1e-10, rtol=0)
+
+
 # ---- whole runs ---------------------------------------------------------------------------------------
 
 def assert_same_metrics(records, reference):
