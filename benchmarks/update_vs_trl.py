@@ -12,6 +12,10 @@ on both sides. Each side runs in its own process and does --updates updates; the
 (the first allocates AdamW's state), with the process's user and system CPU seconds and minor page faults over
 all of them and its peak RSS.
 
+What it does not tell: the full step. At the trainer's 32 rows (2026-12-06) r1zero's update took 171.6 s here and
+193-202 s inside its trainer, TRL's 202.1 s here and 171-178 s inside GRPOTrainer (benchmarks/memory.py), so the
+two compare only there. Here is where one side's update is changed and measured alone.
+
 Sides:
   r1zero          update.update_policy as the trainer calls it (chunked log-probabilities through the head, the
                   default chunk), in a process with r1zero's allocator setting (memory.return_freed_memory)
