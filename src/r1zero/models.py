@@ -320,11 +320,20 @@ def decoder_of(model):
 
 def _head_logprobs(head, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
     """log pi(target) (c,) and, without gradient, the entropy (c,) of head(states) (c, H): float32 or wider."""
-    logits = head(states)  # (c, V)
-    logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-    normaliser = torch.logsumexp(logits, dim=-1)  # (c,)
-    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser  # (c,)
+    logits = _widened(head(states))  # (c, V)
+    logprobs, normaliser = _target_logprobs(logits, targets)
     return logprobs, _entropy(logits, normaliser) if with_entropy else None
+
+
+def _widened(logits: torch.Tensor) -> torch.Tensor:
+    """The logits in float32, or float64 when they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(target) (c,), log Z (c,)) of logits (c, V) and targets (c,)."""
+    normaliser = torch.logsumexp(logits, dim=-1)  # (c,)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - normaliser, normaliser
 
 
 def _entropy(logits: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
@@ -338,8 +347,7 @@ def _entropy(logits: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
 def chunk_logits(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """(c, V) logits of a chunk of states (c, H) through a linear head (weight (V, H), already in the compute
     dtype), in float32 or wider."""
-    logits = torch.nn.functional.linear(states.to(weight.dtype), weight, bias)  # (c, V)
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    return _widened(torch.nn.functional.linear(states.to(weight.dtype), weight, bias))  # (c, V)
 
 
 class LinearHeadLogprobs(torch.autograd.Function):
@@ -367,8 +375,7 @@ class LinearHeadLogprobs(torch.autograd.Function):
             for start in range(0, len(states), chunk_tokens):
                 rows = slice(start, start + chunk_tokens)
                 logits = chunk_logits(states[rows], head_weight, head_bias)  # (c, V)
-                normalisers[rows] = torch.logsumexp(logits, dim=-1)
-                logprobs[rows] = logits.gather(-1, targets[rows, None]).squeeze(-1) - normalisers[rows]
+                logprobs[rows], normalisers[rows] = _target_logprobs(logits, targets[rows])
                 if with_entropy:
                     entropy[rows] = _entropy(logits, normalisers[rows])
         ctx.save_for_backward(states, weight, bias, targets, normalisers)
