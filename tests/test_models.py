@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from r1zero import models
 from r1zero.config import TrainConfig
 from r1zero.critic import ValueModel
-from r1zero.models import (PRECISIONS, activation_checkpointing, autocast, chunked_head_logprobs,
+from r1zero.models import (PRECISIONS, autocast, chunked_head_logprobs,
                            completion_logprobs, enable_checkpointing, full_sequence_forward, plain_output_head,
                            shared_prompt_forward)
 from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
@@ -146,15 +146,14 @@ def test_whole_sequences_give_the_shared_prompt_numbers_and_gradients(request, a
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(f"{architecture}_dir"))
     batch, mask = rollout(), rollout().completion_mask[..., None]
     arguments = (batch.prompt_ids, batch.prompt_mask, batch.group_index, batch.completion_ids, batch.completion_mask)
-    shared = shared_prompt_forward(model, *arguments)
+    shared = shared_prompt_forward(model, *arguments, bucket_cost=3)  # in length buckets
     (shared * mask).sum().backward()
     shared_gradient = gradients(model)
-    for bucket_cost in (3, None):  # in length buckets, or all rows in one forward (FSDP's single pass)
-        model.zero_grad()
-        whole = full_sequence_forward(model, *arguments, bucket_cost=bucket_cost)
-        (whole * mask).sum().backward()
-        torch.testing.assert_close(whole * mask, shared * mask, atol=1e-5, rtol=0)
-        torch.testing.assert_close(gradients(model), shared_gradient, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+    whole = full_sequence_forward(model, *arguments)  # all rows in one forward (FSDP's single pass)
+    (whole * mask).sum().backward()
+    torch.testing.assert_close(whole * mask, shared * mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gradients(model), shared_gradient, atol=1e-5, rtol=1e-4)
 
 
 def one_sgd_step(model, batch, **settings):
@@ -179,23 +178,24 @@ def test_gradient_checkpointing_takes_the_same_step(llama_dir, lora):
             model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                      task_type="CAUSAL_LM", init_lora_weights=False))
         model.train()
-        assert activation_checkpointing(model) is checkpointing
-        saved = []  # every tensor autograd keeps for the backward
+        saved, embedded = [], []  # every number autograd keeps for the backward; the tokens each forward embeds
+        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output:
+                                                           embedded.append(inputs[0].numel()))
         with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor.numel()) or tensor,
                                                       lambda tensor: tensor):
             logprobs, _ = rollout().logprobs(model, chunk_tokens=5)
+        # both paths run each of the 3 prompts (4 wide) once, then the 6 completions (4 wide) after their shared
+        # keys and values: 12 + 24 tokens, where whole sequences would be 6 x 8 = 48
+        assert embedded == [12, 24]
         before = torch.cat([p.detach().flatten() for p in model.parameters()])
         after, stats = one_sgd_step(model, rollout(), logprob_chunk_tokens=5)
         assert (after - before).abs().max() > 1e-4  # a real step
         results.append((after, stats, sum(saved)))
     (plain, plain_stats, plain_saved), (checkpointed, checkpointed_stats, checkpointed_saved) = results
-    # the checkpointed layers keep their inputs only (here a quarter of the plain path's saved numbers, whose
-    # prompts run once per group: the checkpointed path runs each prompt once per completion)
-    assert checkpointed_saved < plain_saved / 2
-    # to 1e-6, not float64's 1e-15: the plain path shares each prompt's KV cache, and transformers' cached attention
-    # differs from whole sequences by float32-sized amounts (see test_update's micro-batching test)
-    torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
-    assert checkpointed_stats.loss == pytest.approx(plain_stats.loss, abs=1e-9)
+    assert checkpointed_saved < plain_saved / 2  # the checkpointed layers keep their inputs only
+    # the same operations, the backward's recomputation reading the same shared keys and values
+    torch.testing.assert_close(checkpointed, plain, atol=1e-12, rtol=0)
+    assert checkpointed_stats.loss == pytest.approx(plain_stats.loss, abs=1e-12)
 
 
 def test_the_critic_checkpointed_gives_the_same_values_and_gradients(llama_dir):

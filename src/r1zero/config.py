@@ -151,8 +151,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Activation checkpointing (transformers'): each decoder layer keeps only its input and recomputes the rest
     in the backward, for the policy and the critic, with LoRA too. About a third more compute for a fraction of
-    the activation memory; completions then run after their own copy of the prompt (a checkpointed layer keeps
-    no KV cache to share). Same gradients (tested)."""
+    the activation memory; prompts still run once per group, their keys and values shared by its completions
+    (models.prefix_cache). Same gradients (tested)."""
     microbatch_tokens: int = 0
     """With microbatch_size 0: sort the minibatch's rows by length and pack them into micro-batches of at most this
     many padded tokens (rows x longest row), each cut to its longest row, so uneven lengths cost little padding

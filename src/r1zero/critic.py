@@ -42,7 +42,7 @@ class ValueModel(torch.nn.Module):
 
     def completion_values(self, sequences: Sequences) -> torch.Tensor:
         """(n, T) V(s_t) for each completion token, in float32 or wider. (The head has one output, so there is
-        no vocabulary to chunk over; under checkpointing the backbone runs whole sequences.)"""
+        no vocabulary to chunk over.)"""
         hidden = states_before_tokens(self.backbone, sequences.prompt_ids, sequences.prompt_mask,
                                       sequences.group_index, sequences.completion_ids, sequences.completion_mask,
                                       field="last_hidden_state")  # (n, T, H)

@@ -6,9 +6,10 @@ Shapes: N sequences, P prompt width (left-padded), T completion width (right-pad
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from pathlib import Path
-import contextlib
 from typing import NamedTuple
 
 import torch
@@ -148,43 +149,44 @@ def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
 
     prompt_ids, prompt_mask: (B, P) left-padded prompts. group_index: (n,) the prompt row of each completion.
     completion_ids, completion_mask: (n, T) right-padded completions.
-    Only the prompts that the n completions answer are run, once each, and their KV cache is shared by the
-    completions of their group: the same numbers as one forward pass over each full sequence (tested to 1e-5)
-    for about 1/G of the prompt compute. Gradients flow through the shared cache into the prompt positions.
+    Only the prompts that the n completions answer are run, once each, and their keys and values are shared by
+    the completions of their group: the same numbers as one forward pass over each full sequence (tested to 1e-5)
+    for about 1/G of the prompt compute. Gradients flow through the shared keys and values into the prompt
+    positions. Under activation checkpointing too: the caches are prefix_caches, which a layer recomputed in the
+    backward reads and writes exactly as in its forward.
 
     The completions then run in buckets of rows of similar length, each cut to its longest row (length_buckets:
     sampled lengths vary widely; on a random 4M model, 64 rows of at most 64 tokens fill 2456 positions in 5
     buckets instead of 4096 in one). One prompt pass and one graph serve every bucket, so a single backward gives
     the same gradient as the unbucketed pass.
     """
-    from transformers import DynamicCache
-
     used, row_of = torch.unique(group_index, return_inverse=True)  # (u,), (n,)
     prompt_ids, prompt_mask = prompt_ids[used], prompt_mask[used]  # (u, P)
-    cache = DynamicCache()
     keyword = cache_keyword(model)
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (u, P)
     last_only = last_logits_only(model) if field == "logits" else {}
-    last = getattr(model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
-                         use_cache=True, **{keyword: cache}, **last_only), field)[:, -1]  # (u, D)
-    prompt_lengths = prompt_mask.sum(-1)  # (u,)
-    width = completion_ids.shape[1]
-    every_row = [(torch.arange(len(row_of), device=row_of.device), width)]
-    buckets = length_buckets(completion_mask.sum(-1).long(), bucket_cost) or every_row
-    pieces = []
-    for rows, bucket_width in buckets:
-        picked = row_of[rows]  # (r,) the prompt of each row
-        # each row gets its prompt's keys and values by index_select, not x[picked]: on CPU the backward of
-        # advanced indexing with repeated rows accumulates in a thread-dependent order, and runs stop repeating
-        bucket_cache = DynamicCache()
-        for index, layer in enumerate(cache.layers):
-            bucket_cache.update(layer.keys.index_select(0, picked), layer.values.index_select(0, picked), index)
-        ids, mask = completion_ids[rows, :bucket_width], completion_mask[rows, :bucket_width]  # (r, t)
-        attention_mask = torch.cat([prompt_mask[picked], mask.to(prompt_mask.dtype)], dim=1)  # (r, P+t)
-        positions = prompt_lengths[picked, None] + torch.arange(bucket_width, device=ids.device)  # (r, t)
-        piece = getattr(model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                              **{keyword: bucket_cache}), field)  # (r, t, D): position t sees token t
-        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
+    cache = prefix_cache()  # each forward below is given its cache and uses it whatever use_cache says; False
+    # spares transformers' warning that checkpointing turns use_cache off
+    with caches_through_checkpoints(model):
+        last = getattr(model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                             use_cache=False, **{keyword: cache}, **last_only), field)[:, -1]  # (u, D)
+        prompt_lengths = prompt_mask.sum(-1)  # (u,)
+        width = completion_ids.shape[1]
+        every_row = [(torch.arange(len(row_of), device=row_of.device), width)]
+        buckets = length_buckets(completion_mask.sum(-1).long(), bucket_cost) or every_row
+        pieces = []
+        for rows, bucket_width in buckets:
+            picked = row_of[rows]  # (r,) the prompt of each row
+            # each row gets its prompt's keys and values by index_select, not x[picked]: on CPU the backward of
+            # advanced indexing with repeated rows accumulates in a thread-dependent order, and runs stop repeating
+            bucket_cache = prefix_cache([(layer.written[0].index_select(0, picked),
+                                         layer.written[1].index_select(0, picked)) for layer in cache.layers])
+            ids, mask = completion_ids[rows, :bucket_width], completion_mask[rows, :bucket_width]  # (r, t)
+            attention_mask = torch.cat([prompt_mask[picked], mask.to(prompt_mask.dtype)], dim=1)  # (r, P+t)
+            positions = prompt_lengths[picked, None] + torch.arange(bucket_width, device=ids.device)  # (r, t)
+            piece = getattr(model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                                  use_cache=False, **{keyword: bucket_cache}), field)  # (r, t, D): t sees token t
+            pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
     if len(pieces) == 1:
         outputs = pieces[0]  # (n, T, D)
     else:
@@ -192,6 +194,63 @@ def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
         outputs = torch.cat(pieces)[torch.argsort(order)]  # (n, T, D) back in row order
     first = last.index_select(0, row_of)[:, None]  # (n, 1, D): the state before each first token
     return torch.cat([first, outputs[:, :-1]], dim=1)  # (n, T, D): the state before token t
+
+
+@functools.cache
+def _prefix_layer_class():
+    """PrefixLayer, defined on first use so that importing r1zero.models does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        """One layer's keys and values (r, heads, P, d) of a fixed prefix, which update returns followed by the new
+        keys and values; or, without a prefix (the prompt pass), a layer that keeps the first keys and values
+        written to it as `written` and returns them as they are. A DynamicLayer appends instead, so a layer that
+        the backward recomputes (activation checkpointing) would see its prefix twice. Only the forward's own
+        write is kept: a recomputation's would hold that recomputation's graph alive until the backward ends."""
+
+        def __init__(self, keys: torch.Tensor | None = None, values: torch.Tensor | None = None):
+            super().__init__()
+            self.written = None
+            if keys is not None:
+                self.lazy_initialization(keys, values)
+                self.keys, self.values = keys, values
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if self.is_initialized:
+                return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+            if self.written is None:
+                self.written = (key_states, value_states)
+            return key_states, value_states
+
+    return PrefixLayer
+
+
+def prefix_cache(prefixes: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """A transformers KV cache of PrefixLayers: with `prefixes` (keys, values) per layer, a cache that every
+    forward reads them from and never grows; without, one that the prompt pass writes, a layer at a time."""
+    from transformers.cache_utils import Cache
+
+    layer = _prefix_layer_class()
+    if prefixes is None:
+        return Cache(layer_class_to_replicate=layer)
+    return Cache(layers=[layer(keys, values) for keys, values in prefixes])
+
+
+@contextlib.contextmanager
+def caches_through_checkpoints(model):
+    """transformers' checkpointed layers drop a KV cache (a cache they append to would be appended to again when
+    the backward recomputes them) unless the layer says that it only reads it. A prefix_cache reads and writes the
+    same when recomputed, so within this block every checkpointed layer keeps it."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            vars(layer).pop("_can_checkpoint_with_cache", None)
 
 
 def length_buckets(lengths: torch.Tensor, bucket_cost: int) -> list[tuple[torch.Tensor, int]] | None:
@@ -218,39 +277,19 @@ def length_buckets(lengths: torch.Tensor, bucket_cost: int) -> list[tuple[torch.
     return [(order[first:end], int(widths[end - 1])) for first, end in reversed(cuts)]
 
 
-def activation_checkpointing(model) -> bool:
-    """Whether a forward now runs checkpointed layers: checkpointing on (--gradient-checkpointing), training mode,
-    gradients on. transformers' checkpointed layers then drop any KV cache, which shared_prompt_forward needs."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not (base.training and torch.is_grad_enabled()):
-        return False
-    return bool(getattr(base, "is_activation_checkpointing", False))
-
-
 def full_sequence_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
-                          completion_ids: torch.Tensor, completion_mask: torch.Tensor, field: str = "logits",
-                          bucket_cost: int | None = BUCKET_COST) -> torch.Tensor:
-    """What shared_prompt_forward returns, (n, T, D) states before each completion token, with each completion
-    run after its own copy of its prompt and no KV cache: for checkpointed layers (which drop any cache) and for
-    FSDP ranks (bucket_cost None: one forward per call, so that every rank runs the same collectives). The prompt
-    costs once per completion instead of once per group. Buckets of similar lengths as in shared_prompt_forward."""
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                          field: str = "logits") -> torch.Tensor:
+    """What shared_prompt_forward returns, (n, T, D) states before each completion token, from one forward over
+    whole sequences without a KV cache, each completion after its own copy of its prompt: for FSDP ranks, which
+    must all run the same forwards (the same collectives). The prompt costs once per completion, not per group."""
     count, width = completion_ids.shape
-    every_row = [(torch.arange(count, device=completion_ids.device), width)]
-    buckets = None if bucket_cost is None else length_buckets(completion_mask.sum(-1).long(), bucket_cost)
-    keep_logits = field == "logits" and forward_takes(model, "logits_to_keep")
-    pieces = []
-    for rows, bucket_width in buckets or every_row:
-        ids, mask, positions = whole_sequences(prompt_ids, prompt_mask, group_index, completion_ids, completion_mask,
-                                               rows, bucket_width)  # (r, P+t) each
-        keep = {"logits_to_keep": bucket_width + 1} if keep_logits else {}
-        output = getattr(model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep),
-                         field)  # (r, P+t or t+1, D)
-        piece = output[:, -(bucket_width + 1):-1]  # (r, t, D): the last prompt token, then each completion token
-        pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - bucket_width)))  # (r, T, D)
-    if len(pieces) == 1:
-        return pieces[0]
-    order = torch.cat([rows for rows, _ in buckets])  # (n,) the row at each sorted position
-    return torch.cat(pieces)[torch.argsort(order)]  # (n, T, D) back in row order
+    ids, mask, positions = whole_sequences(prompt_ids, prompt_mask, group_index, completion_ids, completion_mask,
+                                           torch.arange(count, device=completion_ids.device), width)  # (n, P+T)
+    keep = {"logits_to_keep": width + 1} if field == "logits" and forward_takes(model, "logits_to_keep") else {}
+    output = getattr(model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **keep),
+                     field)  # (n, P+T or T+1, D)
+    return output[:, -(width + 1):-1]  # (n, T, D): the last prompt token, then each completion token
 
 
 def whole_sequences(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_index: torch.Tensor,
@@ -285,11 +324,11 @@ def states_before_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
                          completion_ids: torch.Tensor, completion_mask: torch.Tensor, field: str = "logits",
                          single_pass: bool = False) -> torch.Tensor:
     """(n, T, D): the model's `field` at the position before each completion token. Prompts shared through the KV
-    cache (shared_prompt_forward), or, under activation checkpointing or with single_pass, whole sequences
-    (full_sequence_forward; single_pass: in one forward). The same numbers either way (tested)."""
-    if single_pass or activation_checkpointing(model):
+    cache (shared_prompt_forward), or, with single_pass, whole sequences in one forward (full_sequence_forward).
+    The same numbers either way (tested)."""
+    if single_pass:
         return full_sequence_forward(model, prompt_ids, prompt_mask, group_index, completion_ids, completion_mask,
-                                     field, bucket_cost=None if single_pass else BUCKET_COST)
+                                     field)
     return shared_prompt_forward(model, prompt_ids, prompt_mask, group_index, completion_ids, completion_mask, field)
 
 
