@@ -18,7 +18,7 @@ two compare only there. Here is where one side's update is changed and measured 
 
 Sides:
   r1zero          update.update_policy as the trainer calls it (chunked log-probabilities through the head, the
-                  default chunk), in a process with r1zero's allocator setting (memory.return_freed_memory)
+                  default chunk), in a process with r1zero's allocator setting (memory.mmap_threshold)
   r1zero-glibc    the same, with glibc's default allocator (what a process gets without r1zero's setting)
   trl             TRL 1.16's training forward: trl.trainer.utils.add_fused_lm_head with log-probabilities and
                   entropy (as GRPOTrainer patches the policy), the model called with labels and fused_lm_head=True,
@@ -54,17 +54,23 @@ def fixed_batch(rows: int):
     return prompts, completions, advantages, reference
 
 
-def r1zero_update(model_dir: Path, rows: int):
-    """A function doing one r1zero update on the fixed batch, as trainer.update_models does it."""
+def r1zero_update(model_dir: Path, rows: int, allocator_setting: bool):
+    """A function doing one r1zero update on the fixed batch, as trainer.update_models does it; with
+    allocator_setting, in a process set up as the trainer's (memory.return_freed_memory, memory.mmap_threshold)."""
     import torch
 
     from r1zero.config import TrainConfig
+    from r1zero.memory import mmap_threshold, return_freed_memory
     from r1zero.models import load_policy
     from r1zero.update import Rollout, Sequences, UpdateSettings, update_plan, update_policy
 
     config = TrainConfig(prompts_per_step=rows // GROUP, group_size=GROUP, max_new_tokens=COMPLETION_TOKENS,
                          kl_coef=BETA, gradient_checkpointing=True, learning_rate=1e-6)
+    if allocator_setting:
+        return_freed_memory()
     policy = load_policy(model_dir, None, "float32", torch.device("cpu"), gradient_checkpointing=True)
+    if allocator_setting:
+        return_freed_memory(mmap_threshold(sum(p.numel() for p in policy.parameters())))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     prompts, completions, advantages, reference = fixed_batch(rows)
     sequences = Sequences(prompts, torch.ones_like(prompts), torch.arange(len(prompts)).repeat_interleave(GROUP),
@@ -110,11 +116,7 @@ def trl_update(model_dir: Path, rows: int):
 
 def worker(side: str, model_dir: Path, rows: int, updates: int) -> dict:
     """Run one side in this process; the numbers as a dict."""
-    if side == "r1zero":
-        from r1zero.memory import return_freed_memory
-
-        return_freed_memory()
-    update = trl_update(model_dir, rows) if side == "trl" else r1zero_update(model_dir, rows)
+    update = trl_update(model_dir, rows) if side == "trl" else r1zero_update(model_dir, rows, side == "r1zero")
     before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = []
     for _ in range(updates):

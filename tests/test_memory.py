@@ -38,11 +38,12 @@ def test_each_term_by_hand():
     assert plain.activations == 26 * 84 * 2 * 4
     assert plain.logits == 3 * 7 * 10 * 4 * 3  # all completion positions' logits, three times
     checkpointed = step_memory(model, step, 4, 2, gradient_checkpointing=True, logprob_chunk_tokens=5)
-    # whole sequences: 3 x 12 tokens, each keeping 4 numbers a layer for 2 layers, plus one layer's 84
-    assert checkpointed.activations == 36 * (4 * 2 + 84) * 4
+    # the same 26 tokens, each keeping 4 numbers a layer for 2 layers, plus one layer's 84
+    assert checkpointed.activations == 26 * (4 * 2 + 84) * 4
     assert checkpointed.logits == 5 * 10 * 4 * 3  # one chunk
     sharded = step_memory(model, step, 4, 2, shards=2)
     assert (sharded.weights, sharded.optimizer, sharded.reference, sharded.gathered) == (2000, 4000, 1000, 2400)
+    assert sharded.activations == 3 * 12 * 84 * 2 * 4  # FSDP ranks run whole sequences: 3 x (5 + 7) tokens
     lora = step_memory(model, step, 4, 0, trainable_fraction=0.1)
     assert (lora.gradients, lora.optimizer, lora.reference) == (400, 800, 0)
     assert plain.total == sum(plain)
@@ -115,8 +116,8 @@ def test_freed_blocks_go_back_to_the_system():
     # 39 freed blocks of 20 MB: with glibc's dynamic threshold (raised to 30 MB) they were served from the heap
     # under a live one and stay resident (about 39 x 20 = 780 MB); with the threshold fixed at 16 MiB each had its
     # own mapping, gone when freed, and only the live block remains (20 MB). Blocks of 8 MB (a 0.5B model's MLP
-    # shard on 2 FSDP ranks) stay resident under 16 MiB (39 x 8 = 312 MB) and go back under the ranks' 1 MiB.
-    from r1zero.memory import MMAP_THRESHOLD_BYTES, SHARDED_MMAP_THRESHOLD_BYTES
+    # shard on 2 FSDP ranks) stay resident under 16 MiB (39 x 8 = 312 MB) and go back under 1 MiB.
+    from r1zero.memory import FINE_MMAP_THRESHOLD_BYTES, MMAP_THRESHOLD_BYTES
 
     def kept(threshold, block_mb: int) -> float:
         done = subprocess.run([sys.executable, "-c", HOLES, str(threshold), str(block_mb)], capture_output=True,
@@ -126,4 +127,14 @@ def test_freed_blocks_go_back_to_the_system():
     assert kept("dynamic", 20) > 600
     assert kept(MMAP_THRESHOLD_BYTES, 20) < 45
     assert kept(MMAP_THRESHOLD_BYTES, 8) > 250
-    assert kept(SHARDED_MMAP_THRESHOLD_BYTES, 8) < 30
+    assert kept(FINE_MMAP_THRESHOLD_BYTES, 8) < 30
+
+
+def test_large_models_and_fsdp_ranks_return_blocks_of_one_mebibyte():
+    from r1zero.memory import mmap_threshold
+
+    assert mmap_threshold(4_000_000) == 16 << 20  # the built-in model: 1 MiB would slow its steps by 30-40%
+    assert mmap_threshold(4_000_000, sharded=True) == 1 << 20
+    assert mmap_threshold(99_999_999) == 16 << 20
+    assert mmap_threshold(100_000_000) == 1 << 20
+    assert mmap_threshold(494_032_768) == 1 << 20  # the 0.5B shape: its 14.7 MB tensors must not reach the heap

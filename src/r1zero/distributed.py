@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from r1zero.config import ConfigError, TrainConfig
-from r1zero.memory import MMAP_THRESHOLD_BYTES, SHARDED_MMAP_THRESHOLD_BYTES, return_freed_memory
+from r1zero.memory import mmap_threshold, return_freed_memory
 from r1zero.models import plain_state_dict
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
@@ -401,11 +401,11 @@ class LearnerRank:
     and AdamW; with FSDP also its shard of the reference model."""
 
     def __init__(self, rank: int, world: int, spec: "LearnerSpec", arrays, reference_arrays):
-        return_freed_memory(SHARDED_MMAP_THRESHOLD_BYTES if spec.fsdp else MMAP_THRESHOLD_BYTES)  # shards are 1/K
         torch.set_num_threads(spec.threads)
         self.rank, self.world, self.spec = rank, world, spec
         self.device = torch.device(spec.device)
         self.model = spec.build(arrays, self.device)
+        return_freed_memory(mmap_threshold(sum(p.numel() for p in self.model.parameters()), spec.fsdp))
         self.model.train()
         self.reference = None
         if reference_arrays is not None:  # FSDP: the reference lives here, sharded like the policy

@@ -11,7 +11,7 @@ V vocabulary, S = prompt + completion tokens per row, R rows per micro-batch):
     all four divided by K with FSDP;
     activations, per token and layer: (6H + 2H_kv + 4I) numbers kept for the backward, and the attention scores
     (heads * S numbers per token) -- or, with checkpointing, H per layer plus one layer's full set while it is
-    recomputed; R*S tokens (shared-prompt rows count their prompt once per group; checkpointed rows once each);
+    recomputed; R*S tokens (rows count their prompt once per group, except on FSDP ranks: once each);
     logits: R*T*V*4 bytes, three times (the logits, their float32 softmax and its gradient), or one chunk's
     logprob_chunk_tokens*V*4*3 with chunked log-probabilities.
 The model ignores allocator slack and the interpreter (~0.5 GB measured on the CPU): benchmarks/memory.py gives
@@ -30,7 +30,8 @@ from typing import NamedTuple
 GB = 1e9
 BASELINE_BYTES = 0.6 * GB  # the interpreter, torch, transformers and the tokenizer, measured on CPU (RSS at start)
 MMAP_THRESHOLD_BYTES = 16 << 20
-SHARDED_MMAP_THRESHOLD_BYTES = 1 << 20  # FSDP learner ranks: see return_freed_memory
+FINE_MMAP_THRESHOLD_BYTES = 1 << 20  # FSDP learner ranks and large models: see mmap_threshold
+LARGE_MODEL_PARAMETERS = 100_000_000
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
@@ -46,12 +47,7 @@ def return_freed_memory(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     the same seconds per step. A lower threshold (1 MiB: 8.4 and 12.0 GB) made the built-in model's steps 30-40%
     slower, every mid-sized tensor then costing fresh pages. Fixing the threshold turns glibc's dynamic one off
     (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold).
-
-    FSDP learner ranks take SHARDED_MMAP_THRESHOLD_BYTES (1 MiB): sharding halves every tensor at 2 ranks, so the
-    0.5B shape's per-layer shards, their gradients and AdamW moments (8.7 MB) and a rank's activations (11 MB at
-    16 rows) fall under 16 MiB, into the heap. With 16 MiB the ranks of benchmarks/memory.py's fsdp2 row peaked at
-    8.8 and 8.4 GB of their own pages in step 2 and Ray's memory monitor killed one (2026-12-06); with 1 MiB they
-    had peaked at 7.9 GB (commit 122d852)."""
+    Which threshold a process takes: mmap_threshold."""
     try:
         library = ctypes.CDLL(None)
         mallopt = library.mallopt
@@ -59,6 +55,23 @@ def return_freed_memory(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
         return False
     trimmed = mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(2 * threshold_bytes))  # as glibc's own
     return bool(trimmed and mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(threshold_bytes)))
+
+
+def mmap_threshold(parameters: int, sharded: bool = False) -> int:
+    """The return_freed_memory threshold of a process that trains a model of `parameters` (sharded: its shard,
+    on an FSDP rank): FINE_MMAP_THRESHOLD_BYTES (1 MiB) on FSDP ranks and for models of LARGE_MODEL_PARAMETERS or
+    more, else MMAP_THRESHOLD_BYTES (16 MiB).
+
+    A 16 MiB threshold suits only tensors that happen to be larger: the 0.5B shape's per-layer tensors are 17-23
+    MB when its 32 rows run whole sequences (70 + 128 tokens), but 14.7 MB once the prompts' keys and values are
+    shared (128 tokens a row) and 8.7-11 MB on each of 2 FSDP ranks; under 16 MiB they come from glibc's heap,
+    where freed holes stay resident. The update alone on 32 rows of the 0.5B shape (benchmarks/update_vs_trl.py,
+    2026-12-06): 14.3 GB peak RSS under 16 MiB, 10.1 GB under 8 MiB and 9.5 GB under 1 MiB, at 127, 143 and 146 s
+    (fresh pages for every mid-sized tensor); the FSDP ranks of benchmarks/memory.py peaked at 8.8 and 8.4 GB of
+    their own pages under 16 MiB, and Ray's memory monitor killed one, against 7.9 GB under 1 MiB (commit
+    122d852). Small models keep 16 MiB: 1 MiB made the built-in model's steps 30-40% slower, for memory it never
+    needs."""
+    return FINE_MMAP_THRESHOLD_BYTES if sharded or parameters >= LARGE_MODEL_PARAMETERS else MMAP_THRESHOLD_BYTES
 
 
 class ModelShape(NamedTuple):
@@ -99,7 +112,7 @@ class StepShape(NamedTuple):
     rows: int  # completions per micro-batch (per rank with data parallelism)
     prompt_tokens: int  # per prompt
     completion_tokens: int  # at most, per completion
-    group_size: int = 1  # completions sharing one prompt (its cache, without checkpointing)
+    group_size: int = 1  # completions sharing one prompt (its keys and values; not on FSDP ranks)
 
 
 class MemoryEstimate(NamedTuple):
@@ -132,11 +145,11 @@ def step_memory(model: ModelShape, step: StepShape, parameter_bytes: int = 4, re
     weights = model.parameters * parameter_bytes / shards
     trained = model.parameters * trainable_fraction * parameter_bytes / shards
     sequence = step.prompt_tokens + step.completion_tokens
-    if gradient_checkpointing:  # rows run whole sequences; each layer keeps its input, one layer is recomputed
-        tokens = step.rows * sequence
+    prompt_rows = step.rows if shards > 1 else step.rows / max(1, step.group_size)  # FSDP: whole sequences
+    tokens = step.rows * step.completion_tokens + prompt_rows * step.prompt_tokens
+    if gradient_checkpointing:  # each layer keeps its input, one layer is recomputed
         per_layer = model.hidden * model.layers + per_token_numbers(model, sequence)
-    else:  # prompts run once per group
-        tokens = step.rows * step.completion_tokens + step.rows / max(1, step.group_size) * step.prompt_tokens
+    else:
         per_layer = per_token_numbers(model, sequence) * model.layers
     activations = tokens * per_layer * activation_bytes
     positions = step.rows * step.completion_tokens if not logprob_chunk_tokens else \
