@@ -12,7 +12,8 @@ on both sides. Each side runs in its own process and does --updates updates; the
 (the first allocates AdamW's state), with the process's user and system CPU seconds and minor page faults over
 all of them and its peak RSS.
 
-What it does not tell: the full step. At the trainer's 32 rows (2026-12-06) r1zero's update took 171.6 s here and
+What it does not tell: the full step. At the trainer's 32 rows (2026-12-06, before prompts were shared under
+checkpointing: 131.9 s after, TRL 230.4 s in the same run) r1zero's update took 171.6 s here and
 193-202 s inside its trainer, TRL's 202.1 s here and 171-178 s inside GRPOTrainer (benchmarks/memory.py), so the
 two compare only there. Here is where one side's update is changed and measured alone.
 
