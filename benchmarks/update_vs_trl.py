@@ -57,11 +57,11 @@ def fixed_batch(rows: int):
 
 def r1zero_update(model_dir: Path, rows: int, allocator_setting: bool):
     """A function doing one r1zero update on the fixed batch, as trainer.update_models does it; with
-    allocator_setting, in a process set up as the trainer's (memory.return_freed_memory, memory.mmap_threshold)."""
+    allocator_setting, in a process set up as the trainer's (memory.return_freed_memory, return_freed_memory_for)."""
     import torch
 
     from r1zero.config import TrainConfig
-    from r1zero.memory import mmap_threshold, return_freed_memory
+    from r1zero.memory import return_freed_memory, return_freed_memory_for
     from r1zero.models import load_policy
     from r1zero.update import Rollout, Sequences, UpdateSettings, update_plan, update_policy
 
@@ -71,7 +71,7 @@ def r1zero_update(model_dir: Path, rows: int, allocator_setting: bool):
         return_freed_memory()
     policy = load_policy(model_dir, None, "float32", torch.device("cpu"), gradient_checkpointing=True)
     if allocator_setting:
-        return_freed_memory(mmap_threshold(sum(p.numel() for p in policy.parameters())))
+        return_freed_memory_for(policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     prompts, completions, advantages, reference = fixed_batch(rows)
     sequences = Sequences(prompts, torch.ones_like(prompts), torch.arange(len(prompts)).repeat_interleave(GROUP),

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from r1zero.config import ConfigError, TrainConfig
-from r1zero.memory import mmap_threshold, return_freed_memory
+from r1zero.memory import return_freed_memory, return_freed_memory_for
 from r1zero.models import plain_state_dict
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
@@ -405,7 +405,7 @@ class LearnerRank:
         self.rank, self.world, self.spec = rank, world, spec
         self.device = torch.device(spec.device)
         self.model = spec.build(arrays, self.device)
-        return_freed_memory(mmap_threshold(sum(p.numel() for p in self.model.parameters()), spec.fsdp))
+        return_freed_memory_for(self.model, spec.fsdp)
         self.model.train()
         self.reference = None
         if reference_arrays is not None:  # FSDP: the reference lives here, sharded like the policy

@@ -74,6 +74,12 @@ def mmap_threshold(parameters: int, sharded: bool = False) -> int:
     return FINE_MMAP_THRESHOLD_BYTES if sharded or parameters >= LARGE_MODEL_PARAMETERS else MMAP_THRESHOLD_BYTES
 
 
+def return_freed_memory_for(model, sharded: bool = False) -> bool:
+    """return_freed_memory at the threshold mmap_threshold gives `model` (a torch module; sharded: on an FSDP
+    rank), for a process that trains it."""
+    return return_freed_memory(mmap_threshold(sum(p.numel() for p in model.parameters()), sharded))
+
+
 class ModelShape(NamedTuple):
     """What the estimate needs of a transformer's config.json."""
 

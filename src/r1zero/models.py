@@ -167,14 +167,14 @@ def shared_prompt_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     last_only = last_logits_only(model) if field == "logits" else {}
     cache = prefix_cache()  # each forward below is given its cache and uses it whatever use_cache says; False
     # spares transformers' warning that checkpointing turns use_cache off
+    prompt_lengths = prompt_mask.sum(-1)  # (u,)
+    width = completion_ids.shape[1]
+    every_row = [(torch.arange(len(row_of), device=row_of.device), width)]
+    buckets = length_buckets(completion_mask.sum(-1).long(), bucket_cost) or every_row
+    pieces = []
     with caches_through_checkpoints(model):
         last = getattr(model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
                              use_cache=False, **{keyword: cache}, **last_only), field)[:, -1]  # (u, D)
-        prompt_lengths = prompt_mask.sum(-1)  # (u,)
-        width = completion_ids.shape[1]
-        every_row = [(torch.arange(len(row_of), device=row_of.device), width)]
-        buckets = length_buckets(completion_mask.sum(-1).long(), bucket_cost) or every_row
-        pieces = []
         for rows, bucket_width in buckets:
             picked = row_of[rows]  # (r,) the prompt of each row
             # each row gets its prompt's keys and values by index_select, not x[picked]: on CPU the backward of

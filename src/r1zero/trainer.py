@@ -49,7 +49,7 @@ from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
 from r1zero.health import HealthMonitor, reflection_rate
-from r1zero.memory import mmap_threshold, return_freed_memory
+from r1zero.memory import return_freed_memory, return_freed_memory_for
 from r1zero.models import (PRECISIONS, context_length, load_model, load_policy, plain_state_dict, resolve_device,
                            save_model)
 from r1zero.preflight import prepare_run
@@ -278,7 +278,7 @@ def load_models(config: TrainConfig, model_path: Path, resume_from: Path | None,
     precision = PRECISIONS[config.dtype]
     policy = load_policy(model_path, resume_from, precision.parameters, device, config.lora_rank, config.lora_alpha,
                          config.lora_dropout, config.lora_target_modules, config.gradient_checkpointing)
-    return_freed_memory(mmap_threshold(sum(p.numel() for p in policy.parameters())))
+    return_freed_memory_for(policy)
     reference = None
     # a new run whose reference lives on the FSDP ranks: it is the initial policy, which the ranks already
     # receive, so none is loaded here (on resume the ranks get it from here)
