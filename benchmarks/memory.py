@@ -2,9 +2,10 @@
 
     pip install trl==1.16.0                        # TRL for its row only; r1zero does not depend on it
     python benchmarks/memory.py                    # the 0.5B rows: about 80 minutes on 2 cores
+    python benchmarks/memory.py --repeats 2        # every row twice, alternated (A B B A): about 160 minutes
     python benchmarks/memory.py --rows checkpointing fsdp2 --large   # some rows, and the 8 x 8 x 256 one
     python benchmarks/memory.py --shape 1.5b --dtype bfloat16        # on a GPU machine
-    python benchmarks/memory.py --rows checkpointing --prompts 2 --new-tokens 8     # a quick look (minutes)
+    python benchmarks/memory.py --rows checkpointing --prompts 2 --new-tokens 8 --output none  # a quick look
 
 The model is a randomly initialised Qwen2 of Qwen2.5-0.5B's shape (hidden 896, MLP 4864, 24 layers, 14 heads, 2
 key-value heads, a 151,936-token vocabulary, tied embeddings: 494M parameters) with r1zero's built-in tokenizer
@@ -16,19 +17,25 @@ polls is missed) and the peak of the process's own pages (RssAnon, polled every 
 without the libraries, the files it maps and Ray's object store, which the driver and the ranks map together and
 which RSS counts in each of them); and step 2's seconds (step 1 warms up) with their phases: generation,
 reference (r1zero: its logprobs phase, advantages included) and update. Both come from /proc/PID/status, which
-costs nothing: the USS this script read before (psutil's memory_full_info, once a second) walks every page
-table of the process, 78 ms of CPU a read on a 5.6 GB process, holding the lock every mmap and munmap needs,
-and slowed the rows it measured (r1zero's checkpointing row: 369 s a step under it, 302 s without it, same code,
-2026-12-06). A row is killed, and reported out of memory, when the machine has less than --reserve GB left. (On a
-GPU, torch.cuda.max_memory_allocated is the number to read; not measured here.)
+walks no page tables and so costs the measured process nothing (a USS reading, psutil's memory_full_info, walks
+every page table while holding the lock every mmap and munmap needs, and slows the row it measures). A row is
+killed, and reported out of memory, when the machine has less than --reserve GB left. (On a GPU,
+torch.cuda.max_memory_allocated is the number to read; not measured here.)
 
-Rows: plain (today's path before chunking: the whole logits), chunked (log-probabilities through the head 256
-tokens at a time, the default), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing +
+Rows: plain (the whole logits at once: --logprob-chunk-tokens 0), chunked (log-probabilities through the head
+256 tokens at a time, the default), checkpointing (chunked + --gradient-checkpointing), fsdp2 (checkpointing +
 --train-processes 2 --fsdp: the policy, its gradients, AdamW and the reference split over 2 ranks), trl (TRL
 1.16's GRPOTrainer with gradient_checkpointing=True, same model and settings); --large adds r1zero's best
 one-process path at 8 prompts x 8 samples x 256 tokens (--steps 1 measures its peak in half the time).
-Beside each measured row, r1zero.memory's estimate; then the estimate on paper for 0.5B-32B models on 1, 8 and 64
-GPUs of 80 GB with FSDP2.
+
+Each row runs --repeats times, the rows alternated (A B C ... C B A ...), so drift within the run lands on every
+row alike; each figure is the median over the repeats with their range in brackets. Each r1zero row of the TRL
+row's shape is compared with the TRL row of the same run: its peak RSS (of its largest process: the driver, or a
+learner rank) over TRL's, and its s/step over TRL's, the median of each over the median of TRL's, with the range
+of the repeat-by-repeat ratios. Beside each row, r1zero.memory's estimate of it; then the estimate on paper for
+0.5B-32B models on 1, 8 and 64 GPUs of 80 GB with FSDP2. Prints a progress line per run, its raw numbers as JSON
+on stderr, the table, and the paper table; with --output (default benchmarks/results/) writes them with the
+provenance to <date>-memory-<commit>.json and .md.
 """
 
 from __future__ import annotations
@@ -38,11 +45,16 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
+                        write_results)
 
 SHAPES = {  # Qwen2.5's published configs (config.json of Qwen/Qwen2.5-*), without their weights
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -66,6 +78,7 @@ ROWS = {
     "trl": [],
 }
 LARGE = ("checkpointing", ROWS["checkpointing"], 8, 8, 256)  # prompts, samples per prompt, new tokens
+LARGE_LABEL = "checkpointing 8 x 8 x 256"
 
 
 def make_model(folder: Path, shape: str) -> Path:
@@ -294,6 +307,53 @@ def paper_table() -> str:
     return "\n".join(lines)
 
 
+def largest_rss(result: dict) -> float:
+    """The peak RSS of a run's largest process (the driver or a learner rank), in GB."""
+    return max([result["driver_rss_gb"], *result["rank_rss_gb"]])
+
+
+def ratio_cell(ours: list[float | None], theirs: list[float | None]) -> str:
+    """'0.61x (0.58-0.64)': the median of `ours` over the median of `theirs` (the values present), with the range
+    of the repeat-by-repeat ratios; '-' where either side has none."""
+    pairs = [a / b for a, b in zip(ours, theirs) if a is not None and b]
+    mine, peer = [a for a in ours if a is not None], [b for b in theirs if b]
+    if not pairs or not mine or not peer:
+        return "-"
+    text = f"{statistics.median(mine) / statistics.median(peer):.2f}x"
+    return text if len(pairs) == 1 else f"{text} ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def row_cells(label: str, spec: tuple, runs: list[dict], peer: tuple | None, guess: str) -> list[str]:
+    """One table row: a row's figures over its repeats, and its ratios to the TRL row (peer: TRL's spec and runs)."""
+    name, _, prompts, group, new_tokens = spec
+    rss = spread(run["driver_rss_gb"] for run in runs)
+    own = spread(run["driver_own_gb"] for run in runs)
+    out_of_memory = sum(run["out_of_memory"] for run in runs)
+    peak = show(rss, 1)
+    if out_of_memory:
+        peak = f"out of memory ({out_of_memory} of {len(runs)}) at {peak}"
+    ranks = []
+    for index in range(max(len(run["rank_rss_gb"]) for run in runs)):
+        present = [run for run in runs if len(run["rank_rss_gb"]) > index]
+        ranks.append(f"{statistics.median(run['rank_rss_gb'][index] for run in present):.1f} "
+                     f"({statistics.median(run['rank_own_gb'][index] for run in present):.1f})")
+    finished = [run for run in runs if run["seconds"]]
+    seconds = show(spread(run["seconds"] for run in finished), 0) if finished else "-"
+    phases = " / ".join(f"{statistics.median(run['phases'][i] for run in finished):.0f}" for i in range(3)) \
+        if finished else "-"
+    if name == "trl":
+        rss_ratio = seconds_ratio = "(peer)"
+    elif peer is None or peer[0][2:] != spec[2:]:
+        rss_ratio = seconds_ratio = "-"  # no TRL row in this run, or not at this row's shape
+    else:
+        peer_runs = peer[1]
+        rss_ratio = ratio_cell([None if run["out_of_memory"] else largest_rss(run) for run in runs],
+                               [None if run["out_of_memory"] else largest_rss(run) for run in peer_runs])
+        seconds_ratio = ratio_cell([run["seconds"] for run in runs], [run["seconds"] for run in peer_runs])
+    return [label, f"{prompts} x {group} x {new_tokens}", peak, show(own, 1), ", ".join(ranks) or "-", seconds,
+            phases, rss_ratio, seconds_ratio, guess]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
@@ -308,15 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="at most, per sample (default 128)")
     parser.add_argument("--steps", type=int, default=2,
                         help="steps per r1zero row; s/step is the last one's (default 2: step 1 warms up)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each row, the rows alternated (A B B A ...; default 1)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "r1zero-memory-benchmark"))
+    add_output_argument(parser)
     args = parser.parse_args(argv)
+    info = print_header()
     model = make_model(Path(args.workdir) / f"qwen2-{args.shape}", args.shape)
-    rows = [(name, ROWS[name], args.prompts, GROUP, args.new_tokens) for name in args.rows] + \
-        ([LARGE] if args.large else [])
-    print("| row | prompts x samples x tokens | peak RSS GB (own) | rank peaks RSS GB (own) | s/step | "
-          "generation / reference / update s | estimate GB (per process) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, flags, prompts, group, new_tokens in rows:
+    specs = {name: (name, ROWS[name], args.prompts, GROUP, args.new_tokens) for name in args.rows}
+    if args.large:
+        specs[LARGE_LABEL] = LARGE
+    runs: dict[str, list[dict]] = {label: [] for label in specs}
+    for repeat, label in alternate(list(specs), args.repeats):
+        name, flags, prompts, group, new_tokens = specs[label]
         folder = Path(tempfile.mkdtemp(dir=args.workdir, prefix=f"{name}-"))
         if name == "trl":
             result = run_trl(model, prompts, new_tokens, args.reserve, folder)
@@ -325,19 +389,33 @@ def main(argv: list[str] | None = None) -> int:
                                 args.steps)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-        guess = estimate(model, name, flags, prompts, group, new_tokens, args.dtype)
-        peak = f"{result['driver_rss_gb']:.1f} ({result['driver_own_gb']:.1f})"
-        if result["out_of_memory"]:
-            peak = f"out of memory at {peak}"
-        ranks = ", ".join(f"{rss:.1f} ({own:.1f})" for rss, own in zip(result["rank_rss_gb"], result["rank_own_gb"]))
-        seconds = f"{result['seconds']:.0f}" if result["seconds"] else "-"
-        phases = " / ".join(f"{value:.0f}" for value in result["phases"]) if result["phases"] else "-"
-        print(f"| {name} | {prompts} x {group} x {new_tokens} | {peak} | {ranks or '-'} | {seconds} | {phases} | "
-              f"{guess.describe()} |", flush=True)
-        print(json.dumps({"row": name, **result}), file=sys.stderr, flush=True)
-    print("\nOn paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, chunked "
-          "log-probabilities, 8 completions of 70 + 1024 tokens per GPU:\n")
-    print(paper_table())
+        runs[label].append(result)
+        seconds = f"{result['seconds']:.0f} s/step" if result["seconds"] else "no step timed"
+        print(f"  {label}, repeat {repeat + 1}: peak RSS {result['driver_rss_gb']:.1f} GB (own "
+              f"{result['driver_own_gb']:.1f})" + (", out of memory" if result["out_of_memory"] else "") +
+              f", {seconds}", flush=True)
+        print(json.dumps({"row": label, "repeat": repeat, **result}), file=sys.stderr, flush=True)
+    columns = ["row", "prompts x samples x tokens", "peak RSS GB", "own GB", "rank peaks RSS GB (own)", "s/step",
+               "generation / reference / update s", "peak RSS ratio (r1zero / TRL)", "s/step ratio (r1zero / TRL)",
+               "estimate GB (per process)"]
+    peer = (specs["trl"], runs["trl"]) if "trl" in specs else None
+    guesses = {label: estimate(model, spec[0], *spec[1:], args.dtype).describe() for label, spec in specs.items()}
+    rows = [row_cells(label, spec, runs[label], peer, guesses[label]) for label, spec in specs.items()]
+    print()
+    print(markdown_table(columns, rows))
+    paper = paper_table()
+    paper_title = ("On paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, "
+                   "chunked log-probabilities, 8 completions of 70 + 1024 tokens per GPU:")
+    print(f"\n{paper_title}\n")
+    print(paper)
+    notes = (f"{args.shape} shape, {args.dtype}, beta {BETA}; {args.repeats} run(s) of each row, the rows "
+             "alternated. Peak RSS and own pages: of the training process (the driver), medians over the repeats "
+             "with their range; rank peaks: medians. The ratios: the row's largest process's peak RSS and its s/step "
+             "over the TRL row's of the same run (median over median, the range of the repeat-by-repeat ratios "
+             "in brackets); runs out of memory are left out of the RSS ratio.\n\n"
+             f"{paper_title}\n\n{paper}")
+    write_results(args.output, "memory", info, columns, rows,
+                  {"shape": args.shape, "dtype": args.dtype, "runs": runs, "estimates": guesses}, notes)
     return 0
 
 

@@ -3,14 +3,21 @@ training step with each of the two rollout engines; and the seconds vLLM takes t
 
     # in the vLLM environment (README, "vLLM"):
     python benchmarks/rollout_engines.py             # about 15 minutes on 2 cores
-    python benchmarks/rollout_engines.py --repeats 1 --steps 6 --sizes 0.9M 4M
+    python benchmarks/rollout_engines.py --repeats 1 --steps 6 --sizes 0.9M 4M --output none   # a quick look
 
 Part 1 samples the same batch (8 held-out prompts of the built-in task x 8 samples, at most 64 new tokens,
-temperature 1, stopping at EOS or the stop string) with each engine, alternating, on the built-in model (0.9M
-parameters) and random Qwen2 models of about 4M, 30M and 120M parameters with its tokenizer, and reports the
-median tokens per second of each, in one process, on the same cores. Part 2 trains the built-in model with the
-default recipe for --steps steps with --rollout-engine r1zero and vllm and reports the median seconds per step
-after the first. Part 3 times VLLMEngine.load_weights (vLLM's in-place reload, the prefix-cache reset) per size.
+temperature 1, stopping at EOS or the stop string) with each engine on the built-in model (0.9M parameters) and
+random Qwen2 models of about 4M, 30M and 120M parameters with its tokenizer, in one process, on the same cores:
+a warm-up round, then --repeats timed rounds, the engines alternated (A B C C B A ...), so drift within the run
+lands on every engine alike. Each figure is the median tokens per second over the rounds with their range in
+brackets; transformers' `generate` is the peer: r1zero's and vLLM's median over its, with the range of the
+round-by-round ratios, and vLLM's over r1zero's beside them. Part 2 trains the built-in model with the default
+recipe for --steps steps with --rollout-engine r1zero and then vllm (one run each, in that order) and reports the
+median seconds per step after the first. Part 3 times VLLMEngine.load_weights (vLLM's in-place reload, the
+prefix-cache reset) per size: the median of --repeats loads after a first. Prints the header, part 1's table
+(with part 3's column), the size at which vLLM overtakes r1zero's engine, and part 2's table; with --output
+(default benchmarks/results/) writes part 1's table, the rest in its notes, and the provenance to
+<date>-rollout_engines-<commit>.json and .md.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from step_vs_trl import make_qwen2, stop_ids  # noqa: E402
+from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
+                        write_results)
 
 SIZES = {"0.9M": None, "4M": (256, 4), "30M": (512, 8), "120M": (768, 12)}  # (hidden, layers) of a random Qwen2
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 8, 64
@@ -43,7 +52,8 @@ def model_folder(size: str, workdir: Path) -> Path:
 
 
 def engine_speeds(folder: Path, repeats: int) -> dict:
-    """Median tokens/s of each engine on one batch, and vLLM's median weight-load seconds."""
+    """Each engine's tokens/s on one batch in each timed round (the engines alternated, after a warm-up round),
+    and vLLM's weight-load seconds after the first."""
     from r1zero.models import load_model, load_tokenizer, plain_state_dict
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.rollout.vllm_engine import VLLMEngine, VLLMSettings
@@ -78,17 +88,13 @@ def engine_speeds(folder: Path, repeats: int) -> dict:
              "vllm": lambda: sum(map(len, vllm.generate(prompts, SAMPLES, NEW_TOKENS, 1.0, seeds=seeds).completions)),
              "generate": run_generate}
     speeds = {name: [] for name in sides}
-    for index in range(repeats + 1):  # the first round warms every engine up and is not counted
-        for name, run in sides.items():
-            started = time.perf_counter()
-            tokens = run()
-            if index:
-                speeds[name].append(tokens / (time.perf_counter() - started))
+    for index, name in alternate(list(sides), repeats + 1):  # round 0 warms every engine up and is not counted
+        started = time.perf_counter()
+        tokens = sides[name]()
+        if index:
+            speeds[name].append(tokens / (time.perf_counter() - started))
     vllm.close()
-    result = {name: statistics.median(values) for name, values in speeds.items()}
-    result["parameters"] = sum(p.numel() for p in policy.parameters())
-    result["load_seconds"] = statistics.median(loads[1:])
-    return result
+    return {**speeds, "parameters": sum(p.numel() for p in policy.parameters()), "load_seconds": loads[1:]}
 
 
 def step_seconds(engine: str, steps: int, workdir: Path) -> float:
@@ -103,35 +109,58 @@ def step_seconds(engine: str, steps: int, workdir: Path) -> float:
     return statistics.median(r["time/step_seconds"] for r in records if "reward/mean" in r and r["step"] > 1)
 
 
+def ratio_cell(ours: list[float], theirs: list[float]) -> str:
+    """'1.23x (1.10-1.31)': the median of `ours` over the median of `theirs`, with the range of the round-by-round
+    ratios."""
+    pairs = [a / b for a, b in zip(ours, theirs)]
+    text = f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
+    return text if len(pairs) == 1 else f"{text} ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per size (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds per size after one warm-up, the engines alternated (default 3)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per engine in part 2")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "r1zero-rollout-engines"))
+    add_output_argument(parser)
     args = parser.parse_args(argv)
+    info = print_header()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"rollout of {PROMPTS} prompts x {SAMPLES} samples, <= {NEW_TOKENS} new tokens, temperature 1, "
-          f"float32, {torch.get_num_threads()} threads; median of {args.repeats} rounds\n")
-    print("| model | parameters | r1zero tokens/s | vLLM tokens/s | generate tokens/s | vLLM / r1zero | "
-          "vLLM weight load s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    setting = (f"rollout of {PROMPTS} prompts x {SAMPLES} samples, <= {NEW_TOKENS} new tokens, temperature 1, "
+               f"float32, {torch.get_num_threads()} threads; median of {args.repeats} rounds, the engines "
+               "alternated, ranges in brackets")
+    print(setting + "\n")
+    columns = ["model", "parameters", "generate tokens/s (peer)", "r1zero tokens/s", "vLLM tokens/s",
+               "r1zero / generate", "vLLM / generate", "vLLM / r1zero", "vLLM weight load s"]
+    rows, raw = [], {}
     crossover = None
     for size in args.sizes:
-        speed = engine_speeds(model_folder(size, workdir), args.repeats)
-        ratio = speed["vllm"] / speed["r1zero"]
-        if ratio > 1 and crossover is None:
+        speed = raw[size] = engine_speeds(model_folder(size, workdir), args.repeats)
+        if statistics.median(speed["vllm"]) > statistics.median(speed["r1zero"]) and crossover is None:
             crossover = size
-        print(f"| {size} | {speed['parameters'] / 1e6:.1f}M | {speed['r1zero']:.0f} | {speed['vllm']:.0f} | "
-              f"{speed['generate']:.0f} | {ratio:.2f} | {speed['load_seconds']:.3f} |", flush=True)
-    print(f"\nvLLM overtakes r1zero's engine on this CPU at: {crossover or 'none of these sizes'}\n")
-    print("| training step (built-in model, default recipe) | median s/step |")
-    print("| --- | --- |")
+        rows.append([size, f"{speed['parameters'] / 1e6:.1f}M", show(spread(speed["generate"]), 0),
+                     show(spread(speed["r1zero"]), 0), show(spread(speed["vllm"]), 0),
+                     ratio_cell(speed["r1zero"], speed["generate"]), ratio_cell(speed["vllm"], speed["generate"]),
+                     ratio_cell(speed["vllm"], speed["r1zero"]), show(spread(speed["load_seconds"]), 3)])
+        print(f"  {size}: generate {rows[-1][2]}, r1zero {rows[-1][3]}, vLLM {rows[-1][4]} tokens/s", flush=True)
+    print()
+    print(markdown_table(columns, rows))
+    crossing = f"vLLM overtakes r1zero's engine on this CPU at: {crossover or 'none of these sizes'}"
+    print(f"\n{crossing}\n")
+    step_columns = ["training step (built-in model, default recipe)", "median s/step"]
     seconds = {engine: step_seconds(engine, args.steps, workdir) for engine in ("r1zero", "vllm")}
-    for engine, value in seconds.items():
-        print(f"| --rollout-engine {engine} | {value:.3f} |")
-    print(f"\nvllm / r1zero step time: {seconds['vllm'] / seconds['r1zero']:.2f}")
+    step_rows = [[f"--rollout-engine {engine}", f"{value:.3f}"] for engine, value in seconds.items()]
+    print(markdown_table(step_columns, step_rows))
+    step_ratio = f"vllm / r1zero step time: {seconds['vllm'] / seconds['r1zero']:.2f}"
+    print(f"\n{step_ratio}")
+    write_results(args.output, "rollout_engines", info, columns, rows,
+                  {"engines": raw, "step_seconds": seconds, "steps": args.steps},
+                  notes=f"{setting}.\n\n{crossing}\n\nA training step with each engine ({args.steps} steps, "
+                        f"the median after the first; one run each, r1zero first):\n\n"
+                        f"{markdown_table(step_columns, step_rows)}\n\n{step_ratio}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """How far r1zero's GRPO step is from what this machine's matrix products allow: a floor measured, not guessed.
 
     python benchmarks/step_floor.py               # about 3 minutes on 2 cores
-    python benchmarks/step_floor.py --steps 3     # quicker, noisier
+    python benchmarks/step_floor.py --steps 3 --output none    # quicker, noisier, nothing written
 
 The step of step_vs_trl.py on its ~4M-parameter Qwen2 (8 prompts x 8 samples, at most 64 new tokens,
 temperature 1, mu 1), run phase by phase with r1zero's own pieces and timed: the rollout (prefill and decode),
@@ -17,9 +17,13 @@ Attention, norms, rotary embeddings, sampling, padding, the optimiser and Python
 no implementation that uses this BLAS can be faster than it, and the credited-FLOP fraction at the floor is the
 most any can reach.
 
-The credited FLOPs are the issue's (2N per generated or reference-scored token, 6N per trained token, N =
+The credited FLOPs are step_vs_trl.py's (2N per generated or reference-scored token, 6N per trained token, N =
 parameters), against the fp32 matmul peak of step_vs_trl.matmul_gflops; beta 0 is the same step without the
-reference phase. Prints the phases (r1zero seconds, floor seconds, their ratio) and both fractions.
+reference phase. Each figure is the median over --steps steps (after one warm-up step), each floor the best of
+--repeats replays. Prints the header, the phases (r1zero seconds, floor seconds, their ratio), then per beta the
+step's seconds and both fractions of the peak; with --output (default benchmarks/results/) writes the phase table,
+with the beta table in its notes, and the provenance to <date>-step_floor-<commit>.json and .md. It has no peer:
+the floor is the yardstick.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from typing import NamedTuple
 
 import torch
 
-from step_vs_trl import GROUP, NEW_TOKENS, matmul_gflops, make_qwen2, prompts_text
+sys.path.insert(0, str(Path(__file__).parent))
+from step_vs_trl import GROUP, NEW_TOKENS, matmul_gflops, make_qwen2, prompts_text  # noqa: E402
+from provenance import add_output_argument, markdown_table, print_header, write_results  # noqa: E402
 
 Product = tuple[int, int, int]  # (M, K, N): an (M, K) input times a (K, N) weight
 
@@ -205,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps after one warm-up step (default 6)")
     parser.add_argument("--repeats", type=int, default=3, help="replays of each floor, the best kept (default 3)")
+    add_output_argument(parser)
     args = parser.parse_args(argv)
+    info = print_header()
     peak = matmul_gflops()
     with tempfile.TemporaryDirectory() as folder:
         path = make_qwen2(Path(folder) / "qwen2-4m")
@@ -219,25 +227,34 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r[side][phase] for r in results)
 
     tokens = statistics.median(r["tokens"] for r in results)
-    print(f"fp32 matmul peak: {peak:.0f} GFLOP/s; {parameters / 1e6:.2f}M parameters; {tokens:.0f} tokens a step "
-          f"(median of {len(results)} steps)\n")
-    print("| phase | r1zero s | floor s (products alone) | r1zero / floor | products GFLOP | products GFLOP/s at the "
-          "floor |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    setting = (f"fp32 matmul peak: {peak:.0f} GFLOP/s; {parameters / 1e6:.2f}M parameters; {tokens:.0f} tokens a "
+               f"step (median of {len(results)} steps)")
+    print(setting + "\n")
+    columns = ["phase", "r1zero s", "floor s (products alone)", "r1zero / floor", "products GFLOP",
+               "products GFLOP/s at the floor"]
+    rows = []
     for phase in ("rollout", "reference", "update"):
         product_flops = statistics.median(r["product_flops"][phase] for r in results)
         ours, floor = median("r1zero", phase), median("floor", phase)
-        print(f"| {phase} | {ours:.3f} | {floor:.3f} | {ours / floor:.2f}x | {product_flops / 1e9:.1f} | "
-              f"{product_flops / floor / 1e9:.0f} |")
-    print("\n| beta | r1zero s/step | floor s/step | credited GFLOP | r1zero % of peak | floor % of peak |")
-    print("| --- | --- | --- | --- | --- | --- |")
+        rows.append([phase, f"{ours:.3f}", f"{floor:.3f}", f"{ours / floor:.2f}x", f"{product_flops / 1e9:.1f}",
+                     f"{product_flops / floor / 1e9:.0f}"])
+    print(markdown_table(columns, rows))
+    beta_columns = ["beta", "r1zero s/step", "floor s/step", "credited GFLOP", "r1zero % of peak", "floor % of peak"]
+    beta_rows = []
     for beta in (0.04, 0.0):
         phases = ("rollout", "reference", "update") if beta else ("rollout", "update")
         ours = sum(median("r1zero", phase) for phase in phases)
         floor = sum(median("floor", phase) for phase in phases)
         credited = (2 * (2 if beta else 1) + 6) * parameters * tokens
-        print(f"| {beta} | {ours:.2f} | {floor:.2f} | {credited / 1e9:.0f} | {100 * credited / ours / peak / 1e9:.0f}% | "
-              f"{100 * credited / floor / peak / 1e9:.0f}% |")
+        beta_rows.append([beta, f"{ours:.2f}", f"{floor:.2f}", f"{credited / 1e9:.0f}",
+                          f"{100 * credited / ours / peak / 1e9:.0f}%", f"{100 * credited / floor / peak / 1e9:.0f}%"])
+    print()
+    print(markdown_table(beta_columns, beta_rows))
+    write_results(args.output, "step_floor", info, columns, rows,
+                  {"matmul_gflops": peak, "parameters": parameters, "steps": results,
+                   "beta_table": {"columns": beta_columns, "rows": beta_rows}},
+                  notes=f"{setting}; each floor the best of {args.repeats} replays.\n\n"
+                        f"{markdown_table(beta_columns, beta_rows)}")
     return 0
 
 

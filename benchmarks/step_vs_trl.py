@@ -1,8 +1,8 @@
 """r1zero's GRPO step against TRL's GRPOTrainer step, in one run, on the same models, prompts and settings.
 
     pip install trl==1.16.0                       # for the benchmark only; r1zero does not depend on it
-    python benchmarks/step_vs_trl.py              # about 10 minutes on 2 cores
-    python benchmarks/step_vs_trl.py --steps 5 --models builtin    # a quick look
+    python benchmarks/step_vs_trl.py              # about 20 minutes on 2 cores
+    python benchmarks/step_vs_trl.py --steps 5 --repeats 1 --models builtin    # a quick look
 
 Settings of every row: 8 prompts x 8 samples a step, at most 64 new tokens, temperature 1.0, one optimisation
 pass per batch (mu = 1), beta 0.04 (a reference model loaded) or 0; the built-in task's prompts in the R1-Zero
@@ -14,9 +14,10 @@ about once in 36 tokens); the token counts are reported beside the times.
 
 r1zero packs its update's rows by length (microbatch_tokens 4096, opt-in: same gradient; with 64 rows of at
 most 64 tokens it makes one micro-batch, and the length buckets of models.shared_prompt_forward do the rest).
-Each side runs in its own process (so peak RSS is its own), 2 warm-up steps then --steps timed ones; the median
-step is reported, and tokens generated per second of a full step (generation + scoring + update) is the fair
-figure when the sides stop at different tokens. A third row per model times the rollout alone: r1zero's engine
+Each side runs in its own process (so peak RSS is its own), 2 warm-up steps then --steps timed ones, --repeats
+times, the sides alternated (TRL r1zero r1zero TRL ...); each figure is the median of the repeats' medians, with
+their range. The ratio is r1zero's tokens generated per second of a full step (generation + scoring + update)
+over TRL's: the fair figure when the sides stop at different tokens. A third row per model times the rollout alone: r1zero's engine
 against transformers' `generate` on the same batch.
 
 How close to the hardware: the machine's fp32 matmul throughput is measured (large square matrices), and each
@@ -38,6 +39,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
+                        write_results)
 
 PROMPTS, GROUP, NEW_TOKENS, LEARNING_RATE = 8, 8, 64, 1e-6
 MICROBATCH_TOKENS = 4096  # r1zero packs rows by length for its update (opt-in: see TrainConfig.microbatch_tokens)
@@ -266,12 +271,21 @@ def summary(result: dict, peak: float, beta: float) -> dict:
     }
 
 
+def merged(repeats: list[dict], peak: float, beta: float) -> dict:
+    """One side's figures over its repeats (each repeat its own process): the spread of each repeat's median."""
+    each = [summary(result, peak, beta) for result in repeats]
+    figures = {key: spread(s[key] for s in each) for key in each[0]}
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps (default 10)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="processes per side and row, sides alternated (TRL r1zero r1zero TRL ...; default 2)")
     parser.add_argument("--models", nargs="+", default=["builtin", "qwen2-4m"], choices=["builtin", "qwen2-4m"])
     parser.add_argument("--betas", nargs="+", type=float, default=[0.04, 0.0])
-    parser.add_argument("--output", help="also write the raw timings to this JSON file")
+    add_output_argument(parser)
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)  # SIDE MODEL BETA STEPS GROUP NEW_TOKENS
     args = parser.parse_args(argv)
     if args.worker:
@@ -279,44 +293,49 @@ def main(argv: list[str] | None = None) -> int:
         worker(side, model, float(beta), int(steps), Shape(int(group), int(new_tokens)))
         return 0
 
+    info = print_header()
     peak = matmul_gflops()
     print(f"fp32 matmul peak on this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    columns = ["setting", "peer s/step", "r1zero s/step", "tokens/step (peer / r1zero)", "peer tok/s",
+               "r1zero tok/s", "tok/s ratio (r1zero / peer)", "r1zero % of matmul peak (gen / update)",
+               "peer % (gen / update)", "peak RSS MB (peer / r1zero)"]
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as folder:
         paths = {"builtin": "builtin", "qwen2-4m": str(make_qwen2(Path(folder) / "qwen2-4m"))}
         for name in args.models:
             for beta in args.betas:
-                results = {side: measure(side, paths[name], beta, args.steps) for side in ("trl", "r1zero")}
+                results = {"trl": [], "r1zero": []}
+                for _, side in alternate(["trl", "r1zero"], args.repeats):
+                    results[side].append(measure(side, paths[name], beta, args.steps))
                 raw[f"{name} beta={beta}"] = results
-                ours, theirs = (summary(results[s], peak, beta) for s in ("r1zero", "trl"))
-                rows.append((f"{name}, beta {beta}", theirs, ours))
-                print(f"  {rows[-1][0]}: TRL {theirs['seconds']:.2f} s, r1zero {ours['seconds']:.2f} s", flush=True)
-            rollout = measure("rollout", paths[name], 0.0, args.steps)
+                ours, theirs = merged(results["r1zero"], peak, beta), merged(results["trl"], peak, beta)
+                ratio = ours["tokens_per_second"]["median"] / theirs["tokens_per_second"]["median"]
+                pairs = [a / b for a, b in zip((summary(r, peak, beta)["tokens_per_second"] for r in results["r1zero"]),
+                                               (summary(r, peak, beta)["tokens_per_second"] for r in results["trl"]))]
+                rows.append([f"{name}, beta {beta} (peer: TRL)", show(theirs["seconds"]), show(ours["seconds"]),
+                             f"{theirs['tokens']['median']:.0f} / {ours['tokens']['median']:.0f}",
+                             show(theirs["tokens_per_second"], 0), show(ours["tokens_per_second"], 0),
+                             f"**{ratio:.2f}x** ({min(pairs):.2f}-{max(pairs):.2f})",
+                             f"{100 * ours['peak_fraction']['median']:.0f}% "
+                             f"({100 * ours['generation_fraction']['median']:.0f} / "
+                             f"{100 * ours['update_fraction']['median']:.0f})",
+                             f"{100 * theirs['peak_fraction']['median']:.0f}% "
+                             f"({100 * theirs['generation_fraction']['median']:.0f} / "
+                             f"{100 * theirs['update_fraction']['median']:.0f})",
+                             f"{theirs['rss']['median']:.0f} / {ours['rss']['median']:.0f}"])
+                print(f"  {rows[-1][0]}: TRL {rows[-1][1]} s, r1zero {rows[-1][2]} s, {rows[-1][6]}", flush=True)
+            rollout = measure("rollout", paths[name], 0.0, args.steps)  # alternates within its process
             raw[f"{name} rollout"] = rollout
-            hf = {"seconds": statistics.median(rollout["hf_seconds"]), "tokens": statistics.median(rollout["hf_tokens"])}
-            mine = {"seconds": statistics.median(rollout["seconds"]), "tokens": statistics.median(rollout["tokens"])}
-            rows.append((f"{name}, rollout only", hf, mine))
-
-    print("\n| setting | peer s/step | r1zero s/step | tokens/step (peer / r1zero) | peer tok/s | r1zero tok/s | tok/s "
-          "ratio | r1zero % of matmul peak (gen / update) | peer % (gen / update) | peak RSS MB (peer / r1zero) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, theirs, ours in rows:
-        ratio = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
-        if "peak_fraction" in ours:
-            print(f"| {label} (peer: TRL) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens_per_second']:.0f} | "
-                  f"{ours['tokens_per_second']:.0f} | **{ratio:.2f}x** | "
-                  f"{100 * ours['peak_fraction']:.0f}% ({100 * ours['generation_fraction']:.0f} / "
-                  f"{100 * ours['update_fraction']:.0f}) | {100 * theirs['peak_fraction']:.0f}% "
-                  f"({100 * theirs['generation_fraction']:.0f} / {100 * theirs['update_fraction']:.0f}) | "
-                  f"{theirs['rss']:.0f} / {ours['rss']:.0f} |")
-        else:
-            print(f"| {label} (peer: transformers generate) | {theirs['seconds']:.2f} | {ours['seconds']:.2f} | "
-                  f"{theirs['tokens']:.0f} / {ours['tokens']:.0f} | {theirs['tokens'] / theirs['seconds']:.0f} | "
-                  f"{ours['tokens'] / ours['seconds']:.0f} | "
-                  f"**{ratio:.2f}x** | | | |")
-    if args.output:
-        Path(args.output).write_text(json.dumps({"matmul_gflops": peak, "runs": raw}, indent=2) + "\n")
+            hf = spread(t / s for t, s in zip(rollout["hf_tokens"], rollout["hf_seconds"]))
+            mine = spread(t / s for t, s in zip(rollout["tokens"], rollout["seconds"]))
+            rows.append([f"{name}, rollout only (peer: transformers generate)", show(spread(rollout["hf_seconds"])),
+                         show(spread(rollout["seconds"])),
+                         f"{statistics.median(rollout['hf_tokens']):.0f} / {statistics.median(rollout['tokens']):.0f}",
+                         show(hf, 0), show(mine, 0), f"**{mine['median'] / hf['median']:.2f}x**", "", "", ""])
+    print()
+    print(markdown_table(columns, rows))
+    write_results(args.output, "step_vs_trl", info, columns, rows, {"matmul_gflops": peak, "runs": raw},
+                  notes="Medians over the repeats (each a process of --steps timed steps); ranges in brackets.")
     return 0
 
 

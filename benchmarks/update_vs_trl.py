@@ -1,8 +1,10 @@
 """The update alone, r1zero's against TRL's, on the 0.5B shape: seconds, CPU time in the kernel, page faults.
 
     pip install trl==1.16.0                       # TRL for its row only; r1zero does not depend on it
-    python benchmarks/update_vs_trl.py            # 16 rows of 70 + 128 tokens, 2 updates a side: about 9 minutes
-    python benchmarks/update_vs_trl.py --rows 32 --sides r1zero trl
+    python benchmarks/update_vs_trl.py            # 16 rows of 70 + 128 tokens, 2 updates a side, 2 repeats:
+                                                  # about 18 minutes on 2 cores
+    python benchmarks/update_vs_trl.py --rows 32 --sides r1zero trl --repeats 3
+    python benchmarks/update_vs_trl.py --repeats 1 --output none      # one process a side, nothing written
 
 A training step's update (forward, backward, gradient clipping, AdamW) on fixed inputs, with no generation
 before it, so the two implementations are compared on exactly the same rows: the random Qwen2 of Qwen2.5-0.5B's
@@ -10,12 +12,17 @@ shape from benchmarks/memory.py, B = rows / 4 prompts of 70 random tokens, 4 com
 tokens (every completion full length, as in benchmarks/memory.py), beta 0.04, float32, activation checkpointing
 on both sides. Each side runs in its own process and does --updates updates; the last one's seconds are reported
 (the first allocates AdamW's state), with the process's user and system CPU seconds and minor page faults over
-all of them and its peak RSS.
+all of them and its peak RSS. Each side runs --repeats times, the sides alternated (r1zero r1zero-glibc trl trl
+r1zero-glibc r1zero ...), so drift within the run lands on every side alike; each figure is the median over the
+repeats with their range in brackets, and each side's s/update is divided by TRL's of the same run (median over
+median, with the range of the repeat-by-repeat ratios). Prints each process's numbers as JSON on stderr, then
+the table; with --output (default benchmarks/results/) writes it with the provenance to
+<date>-update_vs_trl-<commit>.json and .md.
 
-What it does not tell: the full step. At the trainer's 32 rows (2026-12-06, before prompts were shared under
-checkpointing: 131.9 s after, TRL 230.4 s in the same run) r1zero's update took 171.6 s here and
-193-202 s inside its trainer, TRL's 202.1 s here and 171-178 s inside GRPOTrainer (benchmarks/memory.py), so the
-two compare only there. Here is where one side's update is changed and measured alone.
+What it does not tell: the full step. An update's seconds here and inside its trainer differ (there the process
+has generated and scored before it and holds more memory; benchmarks/memory.py times the update inside each
+trainer), so the two sides compare only with each other, here. Here is where one side's update is changed and
+measured alone.
 
 Sides:
   r1zero          update.update_policy as the trainer calls it (chunked log-probabilities through the head, the
@@ -38,6 +45,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
+                        write_results)
 
 SIDES = ("r1zero", "r1zero-glibc", "trl")
 PROMPT_TOKENS, COMPLETION_TOKENS, GROUP, BETA = 70, 128, 4, 0.04
@@ -135,34 +146,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=16, help="completions per update, a multiple of 4 (default 16)")
     parser.add_argument("--updates", type=int, default=2, help="updates per side; the last is timed (default 2)")
     parser.add_argument("--sides", nargs="*", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="processes per side, the sides alternated (A B C C B A ...; default 2)")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "r1zero-memory-benchmark"))
+    add_output_argument(parser)
     args = parser.parse_args(argv)
     if args.rows % GROUP:
         parser.error(f"--rows {args.rows}: must be a multiple of the group size {GROUP}")
-    sys.path.insert(0, str(Path(__file__).parent))
     from memory import make_model
 
-    model_dir = make_model(Path(args.workdir) / "qwen2-0.5b", "0.5b")
     if args.worker:
+        model_dir = make_model(Path(args.workdir) / "qwen2-0.5b", "0.5b")
         print(json.dumps(worker(args.worker, model_dir, args.rows, args.updates)))
         return 0
-    results = {}
-    for side in args.sides:
+    info = print_header()
+    make_model(Path(args.workdir) / "qwen2-0.5b", "0.5b")  # once, before the workers load it
+    results: dict[str, list[dict]] = {side: [] for side in args.sides}
+    for repeat, side in alternate(args.sides, args.repeats):
         command = [sys.executable, __file__, "--worker", side, "--rows", str(args.rows), "--updates",
                    str(args.updates), "--workdir", args.workdir]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[side] = json.loads(output.strip().splitlines()[-1])
-        print(json.dumps(results[side]), file=sys.stderr, flush=True)
-    baseline = results.get("trl")
-    print(f"{args.rows} rows of {PROMPT_TOKENS} + {COMPLETION_TOKENS} tokens, 0.5B shape, float32, checkpointing\n")
-    print("| side | s/update (last) | vs TRL | user s | system s | minor faults (M) | peak RSS GB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for side, result in results.items():
-        last = result["seconds"][-1]
-        ratio = f"{last / baseline['seconds'][-1]:.2f}x" if baseline else "-"
-        print(f"| {side} | {last:.1f} | {ratio} | {result['user']:.0f} | {result['system']:.0f} | "
-              f"{result['minor_faults'] / 1e6:.1f} | {result['peak_rss_gb']:.1f} |")
+        results[side].append(json.loads(output.strip().splitlines()[-1]))
+        print(json.dumps({"repeat": repeat, **results[side][-1]}), file=sys.stderr, flush=True)
+    baseline = [result["seconds"][-1] for result in results.get("trl", [])]
+    setting = f"{args.rows} rows of {PROMPT_TOKENS} + {COMPLETION_TOKENS} tokens, 0.5B shape, float32, checkpointing"
+    print(f"{setting}; {args.repeats} process(es) a side, the sides alternated\n")
+    columns = ["side", "s/update (last)", "vs TRL (s/update ratio)", "user s", "system s", "minor faults (M)",
+               "peak RSS GB"]
+    rows = []
+    for side, runs in results.items():
+        last = [run["seconds"][-1] for run in runs]
+        if side == "trl":
+            ratio = "(peer)"
+        elif baseline:
+            pairs = [a / b for a, b in zip(last, baseline)]
+            ratio = f"**{spread(last)['median'] / spread(baseline)['median']:.2f}x**" + \
+                (f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else "")
+        else:
+            ratio = "-"
+        rows.append([side, show(spread(last), 1), ratio, show(spread(run["user"] for run in runs), 0),
+                     show(spread(run["system"] for run in runs), 0),
+                     show(spread(run["minor_faults"] / 1e6 for run in runs), 1),
+                     show(spread(run["peak_rss_gb"] for run in runs), 1)])
+        if side != "trl":
+            print(f"  {side}: {rows[-1][1]} s/update, {ratio} TRL's", flush=True)
+    print()
+    print(markdown_table(columns, rows))
+    write_results(args.output, "update_vs_trl", info, columns, rows, {"setting": setting, "runs": results},
+                  notes=f"{setting}. Medians over {args.repeats} process(es) a side, the sides alternated; ranges "
+                        "in brackets. The ratio: the side's median s/update over TRL's, with the range of the "
+                        "repeat-by-repeat ratios.")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""The FLOP accounting of benchmarks/step_floor.py (which matrix products a step cannot do without) and the memory
-readings of benchmarks/memory.py."""
+"""The FLOP accounting of benchmarks/step_floor.py (which matrix products a step cannot do without), the memory
+readings of benchmarks/memory.py, and benchmarks/provenance.py (the order sides are measured in, the spread of
+repeats, the results files)."""
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -78,3 +80,71 @@ def test_memory_benchmark_reads_the_peak_and_the_own_pages_of_a_process():
     assert 0.30 < own_with - own_before < 0.33
     assert abs(own_after - own_before) < 0.02
     assert peak_with - peak_before > 0.30 and abs(peak_after - peak_with) < 0.001
+
+
+@pytest.fixture(scope="module")
+def provenance():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("provenance")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_alternate_reverses_the_order_every_other_round(provenance):
+    assert provenance.alternate(["trl", "r1zero"], 3) == [
+        (0, "trl"), (0, "r1zero"), (1, "r1zero"), (1, "trl"), (2, "trl"), (2, "r1zero")]
+    assert provenance.alternate(["a", "b", "c"], 2) == [
+        (0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a")]
+    assert provenance.alternate(["a", "b"], 0) == []
+
+
+def test_spread_is_the_median_and_range_of_the_repeats(provenance):
+    # sorted 1, 2, 3, 10: the median is the mean of the middle two
+    assert provenance.spread([3.0, 10.0, 1.0, 2.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4}
+    assert provenance.spread(iter([4.0, 0.5, 2.0])) == {"median": 2.0, "min": 0.5, "max": 4.0, "n": 3}
+    assert provenance.spread([7.0]) == {"median": 7.0, "min": 7.0, "max": 7.0, "n": 1}
+
+
+def test_show_gives_the_median_and_the_range_when_there_are_repeats(provenance):
+    assert provenance.show({"median": 1.234, "min": 1.2, "max": 1.31, "n": 3}) == "1.23 (1.20-1.31)"
+    assert provenance.show({"median": 1.234, "min": 1.234, "max": 1.234, "n": 1}) == "1.23"
+    assert provenance.show(provenance.spread([100.4, 99.6, 101.0]), 0) == "100 (100-101)"
+    assert provenance.show({"median": 0.0123, "min": 0.01, "max": 0.02, "n": 2}, 3) == "0.012 (0.010-0.020)"
+    assert provenance.show(None) == "-"
+    assert provenance.show(2.5) == "2.50"
+    assert provenance.show(7) == "7"
+
+
+def test_cpu_description_keeps_only_the_kernel_picking_flags(provenance):
+    model, flags = provenance.cpu_description()
+    assert isinstance(model, str)
+    assert isinstance(flags, list) and flags == sorted(flags)
+    assert all(provenance.KERNEL_FLAGS.match(flag) for flag in flags)
+    assert not provenance.KERNEL_FLAGS.match("sse4_2") and provenance.KERNEL_FLAGS.match("avx512f")
+
+
+def test_write_results_writes_the_table_and_its_provenance(provenance, tmp_path, capsys):
+    info = provenance.provenance()
+    columns = ["setting", "peer s/step", "r1zero s/step", "ratio"]
+    rows = [["builtin, beta 0.04", "1.50 (1.40-1.60)", "0.75 (0.70-0.80)", "**2.00x**"]]
+    data = {"runs": {"builtin": [1.4, 1.6]}}
+    written = provenance.write_results(str(tmp_path / "out"), "demo", info, columns, rows, data, notes="A note.")
+    stem = f"{info['date'][:10]}-demo-{info['commit']}"
+    assert written == tmp_path / "out" / f"{stem}.md"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [f"{stem}.json", f"{stem}.md"]  # no .partial
+    record = json.loads((tmp_path / "out" / f"{stem}.json").read_text())
+    assert set(record) == {"benchmark", "provenance", "columns", "rows", "data", "notes"}
+    assert record["benchmark"] == "demo" and record["columns"] == columns and record["rows"] == rows
+    assert record["data"] == data and record["notes"] == "A note."
+    assert {"date", "commit", "dirty", "python", "versions", "cpu", "cpu_flags", "cores", "torch_threads",
+            "command"} <= set(record["provenance"])
+    assert record["provenance"]["commit"] == info["commit"]
+    text = written.read_text()
+    assert text.startswith("# demo\n") and f"commit {info['commit']}" in text
+    assert "| setting | peer s/step | r1zero s/step | ratio |" in text
+    assert "| builtin, beta 0.04 | 1.50 (1.40-1.60) | 0.75 (0.70-0.80) | **2.00x** |" in text
+    assert "A note." in text
+    assert "results: " in capsys.readouterr().out
+    assert provenance.write_results("none", "demo", info, columns, rows, data) is None
+    assert provenance.write_results(None, "demo", info, columns, rows, data) is None
