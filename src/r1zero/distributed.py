@@ -1,7 +1,7 @@
 """Beyond one process, on Ray: rollout workers, data-parallel learner ranks, reward scoring actors.
 
     r1zero train --rollout-workers 2 --train-processes 2        # a private Ray instance on this machine
-    ray start --head                                            # or a cluster: see the README, "Many machines"
+    ray start --head                                            # or a cluster: see docs/distributed.md
     r1zero train --ray-address auto --rollout-workers 16 --train-processes 8 ...
 
 Each piece stands behind an interface the one-process run already has, so trainer.py keeps one code path:

@@ -40,14 +40,12 @@ def return_freed_memory(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     where it could (glibc), False elsewhere (nothing changes there).
 
     Why: glibc serves a block above its threshold with its own mmap and unmaps it when freed, but by default it
-    raises the threshold to the size of each such block freed, up to 32 MB. After the first update a 0.5B model's
-    per-layer gradients and activations (17-23 MB each) come from the heap, where freed holes stay resident: on
-    the 0.5B shape of benchmarks/memory.py (8 x 4 x 32, checkpointing) the process held 12.9 GB between steps for
-    8.4 GB of live tensors, and peaked at 15.4 GB in step 2; with the threshold fixed at 16 MiB, 8.7 and 11.6 GB at
-    the same seconds per step. A lower threshold (1 MiB: 8.4 and 12.0 GB) made the built-in model's steps 30-40%
-    slower, every mid-sized tensor then costing fresh pages. Fixing the threshold turns glibc's dynamic one off
-    (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold).
-    Which threshold a process takes: mmap_threshold."""
+    raises the threshold to the size of each such block freed, up to 32 MB. After the first update a large
+    model's per-layer gradients and activations come from the heap, where freed holes stay resident, so the
+    process holds far more than its live tensors. Fixing the threshold turns glibc's dynamic one off
+    (mallopt(3)); the trim threshold is set as the dynamic rule would (twice the mmap threshold). Too low a
+    threshold costs fresh pages for every mid-sized tensor, hence one per model size: mmap_threshold. The figures
+    behind both are in docs/memory.md, "The allocator threshold"."""
     try:
         library = ctypes.CDLL(None)
         mallopt = library.mallopt
@@ -62,15 +60,11 @@ def mmap_threshold(parameters: int, sharded: bool = False) -> int:
     on an FSDP rank): FINE_MMAP_THRESHOLD_BYTES (1 MiB) on FSDP ranks and for models of LARGE_MODEL_PARAMETERS or
     more, else MMAP_THRESHOLD_BYTES (16 MiB).
 
-    A 16 MiB threshold suits only tensors that happen to be larger: the 0.5B shape's per-layer tensors are 17-23
-    MB when its 32 rows run whole sequences (70 + 128 tokens), but 14.7 MB once the prompts' keys and values are
-    shared (128 tokens a row) and 8.7-11 MB on each of 2 FSDP ranks; under 16 MiB they come from glibc's heap,
-    where freed holes stay resident. The update alone on 32 rows of the 0.5B shape (benchmarks/update_vs_trl.py,
-    2026-12-06): 14.3 GB peak RSS under 16 MiB, 10.1 GB under 8 MiB and 9.5 GB under 1 MiB, at 127, 143 and 146 s
-    (fresh pages for every mid-sized tensor); the FSDP ranks of benchmarks/memory.py peaked at 8.8 and 8.4 GB of
-    their own pages under 16 MiB, and Ray's memory monitor killed one, against 7.9 GB under 1 MiB (commit
-    122d852). Small models keep 16 MiB: 1 MiB made the built-in model's steps 30-40% slower, for memory it never
-    needs."""
+    A 16 MiB threshold helps only tensors that are larger than it: a large model's per-layer tensors (a
+    0.5B model's are 9-23 MB, depending on rows, sharing and sharding) fall under it and then come from glibc's
+    heap, where freed holes stay resident; at 1 MiB they are returned when freed, at the cost of fresh pages for
+    each. Small models keep 16 MiB: they never need the memory, and fresh pages would slow their steps. The
+    measurements behind the choice: docs/memory.md, "The allocator threshold"."""
     return FINE_MMAP_THRESHOLD_BYTES if sharded or parameters >= LARGE_MODEL_PARAMETERS else MMAP_THRESHOLD_BYTES
 
 

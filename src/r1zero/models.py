@@ -333,8 +333,8 @@ def states_before_tokens(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
 
 
 PLAIN_HEAD_MODELS = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "olmo2", "smollm3")  # logits = lm_head(h)
-CHUNK_MIN_VOCABULARY = 32768  # smaller vocabularies keep the whole logits: small, and 5-7% faster on the built-in
-# model (median update 0.33-0.38 s against 0.35-0.40 s chunked, alternating runs on 2 cores)
+CHUNK_MIN_VOCABULARY = 32768  # smaller vocabularies keep the whole logits: they are small, and chunking them only
+# costs time (docs/memory.md, "Log-probability chunks")
 
 
 def plain_output_head(model) -> torch.nn.Module | None:

