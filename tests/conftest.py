@@ -115,7 +115,11 @@ def pid(completion, example):
     time.sleep(float(completion))
     return 1.0, str(os.getpid())
 
-for function in (hang, crash, allocate, pid):
+def echo(completion, example):
+    time.sleep(float(completion))
+    return 1.0, f"{completion} from {os.getpid()}"
+
+for function in (hang, crash, allocate, pid, echo):
     function.needs_isolation = True
 '''
 
@@ -124,4 +128,4 @@ for function in (hang, crash, allocate, pid):
 def hostile(tmp_path):
     path = tmp_path / "hostile_rewards.py"
     path.write_text(HOSTILE_REWARDS)
-    return {name: FileRewardFunction(str(path), name) for name in ("hang", "crash", "allocate", "pid")}
+    return {name: FileRewardFunction(str(path), name) for name in ("hang", "crash", "allocate", "pid", "echo")}

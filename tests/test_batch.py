@@ -46,3 +46,19 @@ def test_overlong_penalty_and_truncation_mask(llama_dir, tmp_path, length_reward
         assert record["reward/mean"] == pytest.approx(record["reward/accuracy"] + 0.5 * record["reward/format"]
                                                       + 2.0 * record["reward/length"] + record["reward/overlong"])
     assert min(r["reward/overlong"] for r in steps) < 0  # a random model runs into the length limit
+
+
+def test_mask_truncated_takes_cut_off_completions_out_of_the_loss(llama_dir, tmp_path, monkeypatch):
+    # One new token at most: at this seed the random model ends none of the step's completions that early, so all are
+    # cut off. A reward that differs between completions gives the groups a signal; with mask_truncated none of
+    # it reaches the loss (loss 0, gradient 0), without it the same step moves the weights.
+    monkeypatch.setitem(REWARD_FUNCTIONS, "characters", lambda completion, example: sum(map(ord, completion)) % 7 / 7)
+    steps = {}
+    for masked in (True, False):
+        config = tiny_run_config(llama_dir, tmp_path / str(masked), reward_weights={"characters": 1.0},
+                                 max_new_tokens=1, mask_truncated=masked, max_steps=1, seed=1)
+        steps[masked] = next(r for r in read_metrics(train(config)) if "reward/mean" in r)
+    for record in steps.values():
+        assert record["response/truncated_fraction"] == 1.0 and record["zero_std_fraction"] < 1.0
+    assert steps[True]["loss"] == 0.0 and steps[True]["grad_norm"] == 0.0
+    assert steps[False]["grad_norm"] > 0.0

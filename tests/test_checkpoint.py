@@ -1,5 +1,6 @@
 """Checkpoints: exact round-trips, atomic writes, the metrics rewind, non-finite stops, and kill-and-resume runs."""
 
+import contextlib
 import json
 import os
 import random
@@ -248,6 +249,20 @@ def _records(run):
     return [{k: v for k, v in json.loads(line).items() if not k.startswith(SKIPPED_KEYS)} for line in lines]
 
 
+@contextlib.contextmanager
+def replay_hint(seed: int):
+    """Re-raise any failure inside with the kill seed that repeats it (R1ZERO_KILL_SEED) in its message."""
+    try:
+        yield
+    except BaseException as error:
+        note = f"kill seed {seed}: R1ZERO_KILL_SEED={seed} repeats these kill points"
+        if hasattr(error, "add_note"):  # Python 3.11+
+            error.add_note(note)
+        else:
+            print(note, file=sys.stderr)
+        raise
+
+
 def _largest_difference(expected: list[dict], got: list[dict]) -> float:
     """Largest |difference| of the numeric values; AssertionError for any other mismatch (keys, steps, text)."""
     assert len(got) == len(expected), f"{len(got)} metrics lines, expected {len(expected)}"
@@ -308,43 +323,45 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_metrics(llama_dir, t
     seed = int(os.environ.get("R1ZERO_KILL_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
     print(f"\nkill seed {seed} (R1ZERO_KILL_SEED={seed} repeats these kill points)")
-    largest, kill_points = 0.0, 0
-    for trial in range(KILL_TRIALS):
-        run, log_path = tmp_path / f"killed{trial}", tmp_path / f"killed{trial}.log"
-        for kill in range(1 + trial % 2):  # every other trial also kills the resumed run
-            resuming = (run / "config.yaml").exists()
+    with replay_hint(seed):  # a failure says which seed repeats its kill points
+        largest, kill_points = 0.0, 0
+        for trial in range(KILL_TRIALS):
+            run, log_path = tmp_path / f"killed{trial}", tmp_path / f"killed{trial}.log"
+            for kill in range(1 + trial % 2):  # every other trial also kills the resumed run
+                resuming = (run / "config.yaml").exists()
+                process, log = _launch(launcher, ["--resume", str(run)] if resuming else
+                                       settings + ["--output-dir", str(run)], log_path)
+                # a random moment by progress, not by clock (start-up time varies): after `target` metrics lines,
+                # then up to 0.3 s more (a step, an evaluation or a checkpoint write); target 0: during start-up
+                graceful = trial % 3 == 2 and kill == 0  # every third trial: SIGTERM, in the middle of training
+                target = rng.randint(1, len(expected) - 3) if graceful else rng.randint(_line_count(run), len(expected))
+                extra = rng.uniform(0, startup if target == 0 else 0.3)
+                number = signal.SIGTERM if graceful else signal.SIGKILL
+                sent = _signal_at(process, run / "metrics.jsonl", target, extra, number)
+                code = process.wait(timeout=300)
+                log.close()
+                kill_points += sent
+                partial = any(p.name.endswith(".partial") for p in (run / "checkpoints").glob(".*"))
+                print(f"trial {trial}.{kill}: {signal.Signals(number).name} after {target} lines + {extra:.2f}s "
+                      f"({'sent' if sent else 'run had ended'}, exit {code}): {_line_count(run)} lines, checkpoints "
+                      f"{[int(p.name[5:]) for p in list_checkpoints(run)]}{', a partial one' if partial else ''}")
+                if code == 128 + signal.SIGTERM:  # caught: finished its step, saved, said how to continue
+                    text = log_path.read_text()
+                    assert "Continue with: r1zero train --resume" in text, text
+                    assert int(latest_checkpoint(run).name[5:]) == _records(run)[-1]["step"]
+            resuming = (run / "config.yaml").exists()  # else killed before the run wrote anything: start it again
             process, log = _launch(launcher, ["--resume", str(run)] if resuming else
                                    settings + ["--output-dir", str(run)], log_path)
-            # a random moment by progress, not by clock (start-up time varies): after `target` metrics lines,
-            # then up to 0.3 s more (a step, an evaluation or a checkpoint write); target 0: during start-up
-            graceful = trial % 3 == 2 and kill == 0  # every third trial: SIGTERM, in the middle of training
-            target = rng.randint(1, len(expected) - 3) if graceful else rng.randint(_line_count(run), len(expected))
-            extra = rng.uniform(0, startup if target == 0 else 0.3)
-            number = signal.SIGTERM if graceful else signal.SIGKILL
-            sent = _signal_at(process, run / "metrics.jsonl", target, extra, number)
-            code = process.wait(timeout=300)
+            assert process.wait(timeout=300) == 0, log_path.read_text()
             log.close()
-            kill_points += sent
-            partial = any(p.name.endswith(".partial") for p in (run / "checkpoints").glob(".*"))
-            print(f"trial {trial}.{kill}: {signal.Signals(number).name} after {target} lines + {extra:.2f}s "
-                  f"({'sent' if sent else 'run had ended'}, exit {code}): {_line_count(run)} lines, checkpoints "
-                  f"{[int(p.name[5:]) for p in list_checkpoints(run)]}{', a partial one' if partial else ''}")
-            if code == 128 + signal.SIGTERM:  # caught: finished its step, saved, said how to continue
-                text = log_path.read_text()
-                assert "Continue with: r1zero train --resume" in text, text
-                assert int(latest_checkpoint(run).name[5:]) == _records(run)[-1]["step"]
-        resuming = (run / "config.yaml").exists()  # else killed before the run wrote anything: start it again
-        process, log = _launch(launcher, ["--resume", str(run)] if resuming else
-                               settings + ["--output-dir", str(run)], log_path)
-        assert process.wait(timeout=300) == 0, log_path.read_text()
-        log.close()
-        largest = max(largest, _largest_difference(expected, _records(run)))
-        for name, tensor in _weights(run / "final").items():
-            largest = max(largest, (tensor - expected_weights[name]).abs().max().item())
-    print(f"{kill_points} kill points, largest metric or weight difference {largest}")
-    assert largest <= 1e-6
+            largest = max(largest, _largest_difference(expected, _records(run)))
+            for name, tensor in _weights(run / "final").items():
+                largest = max(largest, (tensor - expected_weights[name]).abs().max().item())
+        print(f"{kill_points} kill points, largest metric or weight difference {largest}")
+        assert largest <= 1e-6
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "replicated"])
 def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_and_weights(llama_dir, tmp_path,
                                                                                          fsdp):

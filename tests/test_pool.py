@@ -14,11 +14,14 @@ LIMIT = 2.0  # seconds per sample in these tests
 
 
 def test_results_come_back_in_order_from_other_processes(hostile):
+    delays = ["0.6", "0.0", "0.3", "0.01"]
     with ScoringPool(workers=2, time_limit_seconds=LIMIT) as pool:
-        # the first call sleeps longest, so results arrive out of order
-        scores = pool.run([(hostile["pid"], delay, HALF) for delay in ("0.6", "0.0", "0.3", "0.0")])
+        # the first call sleeps longest, so its result arrives last: the second worker finishes the other three
+        # first; each result says which call it answers
+        scores = pool.run([(hostile["echo"], delay, HALF) for delay in delays])
     assert [float(s) for s in scores] == [1.0] * 4
-    pids = {s.reason for s in scores}
+    assert [s.reason.split(" from ")[0] for s in scores] == delays  # in the order of the calls
+    pids = {s.reason.split(" from ")[1] for s in scores}
     assert str(os.getpid()) not in pids and 1 <= len(pids) <= 2  # two workers, never this process
 
 
@@ -30,7 +33,9 @@ def test_a_hanging_reward_is_killed_at_the_limit_and_its_worker_replaced(hostile
         elapsed = time.monotonic() - started
         assert [(float(s), s.reason, s.failure) for s in scores[::2]] == [(0.0, "timeout", "timeout")] * 2
         assert float(scores[1]) == 1.0
-        assert LIMIT <= elapsed < 2 * LIMIT + 2  # two hangs on two workers run side by side, plus the quick one
+        # killed at the limit, not before; the upper bound only catches a hang that is never killed (it sleeps 60 s)
+        # and leaves a loaded machine room to start the replacement workers
+        assert LIMIT <= elapsed < 2 * LIMIT + 20
         assert pool.replaced == 2
         after = pool.run([(hostile["pid"], "0", HALF)])  # the replacements work
         assert float(after[0]) == 1.0 and after[0].reason not in {s.reason for s in scores}
@@ -70,8 +75,9 @@ def test_pathological_math_answers_score_zero_within_the_limit():
         batch = scorer(completions, [HALF] * len(completions))
         elapsed = time.monotonic() - started
     assert batch.components["accuracy"] == [0.0, 0.0, 0.0, 0.0, 1.0]
-    # 4 samples on 2 workers: at most two rounds of the limit, plus restarting killed workers
-    assert elapsed < 2 * LIMIT + 4
+    # 4 samples on 2 workers: two rounds of the limit, plus restarting killed workers; the margin is for a loaded
+    # machine: the bound only catches an answer that is never stopped
+    assert elapsed < 2 * LIMIT + 20
     timeouts = batch.health["reward_health/accuracy/timeouts"]
     assert batch.reasons["accuracy"][:4].count("timeout") == timeouts >= 2
     assert batch.reasons["accuracy"][4] == "correct"

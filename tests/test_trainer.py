@@ -188,14 +188,18 @@ def test_bucketed_gradients_repeat_bit_for_bit_across_processes():
 
 
 def test_out_of_distribution_evaluation_is_logged_beside_the_held_out_one_and_changes_nothing_else(llama_dir,
-                                                                                                    tmp_path):
-    runs = {}
+                                                                                                    tmp_path, capsys):
+    runs, starts = {}, {}
     for ood in (True, False):
         config = TrainConfig(model=str(llama_dir), output_dir=str(tmp_path / str(ood)), max_steps=2,
                              prompts_per_step=2, group_size=3, max_new_tokens=6, eval_problems=3, eval_samples=2,
                              eval_every=1, report_to=["none"], eval_out_of_distribution=ood)
         runs[ood] = [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}
                      for r in _read_metrics(train(config))]
+        starts[ood] = next(line for line in capsys.readouterr().out.splitlines() if "-parameter model from" in line)
+    # the start-up line says how many problems each evaluation runs: eval_problems of each split
+    assert "(3 held-out problems, 3 out-of-distribution)" in starts[True]
+    assert "(3 held-out problems)" in starts[False]
     evals = [r for r in runs[True] if "eval/pass@1" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
     for record in evals:

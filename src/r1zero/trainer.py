@@ -216,8 +216,11 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     run.held_out_prompts = run.encode(problems.held_out)
     if config.eval_out_of_distribution:
         run.out_of_distribution_prompts = run.encode(problems.out_of_distribution)
+    out_of_distribution = (f", {len(run.out_of_distribution_prompts)} out-of-distribution"
+                           if run.out_of_distribution_prompts else "")
     run.progress.write(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from "
-                       f"{model_path}, task {problems.name} ({len(problems.held_out)} held-out problems), "
+                       f"{model_path}, task {problems.name} ({len(problems.held_out)} held-out problems"
+                       f"{out_of_distribution}), "
                        f"{config.max_steps} steps of {config.prompts_per_step}x{config.group_size} samples, "
                        f"output {output_dir}")
     return run
@@ -434,7 +437,7 @@ class StepClock:
 
 def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: EngineGap | None, update: StepUpdate,
                  sync: dict, clock: StepClock) -> dict:
-    """The step's record of metrics.jsonl (every key is in the README's table)."""
+    """The step's record of metrics.jsonl (every key is documented in metric_names.METRICS)."""
     reward = batch.reward_matrix(run.config.group_size)  # (B, G)
     rewards, lengths, seconds = batch.rewards, [len(c) for c in batch.completions], clock.seconds()
     kl = run.settings.kl
