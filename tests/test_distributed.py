@@ -20,6 +20,7 @@ from r1zero.trainer import train
 from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
+pytestmark = pytest.mark.ray  # every test here runs on a local Ray cluster
 
 SHARED = dict(ray_worker_cpus=0.5)  # two rollout workers and two ranks fit in the 2 CPUs of the local cluster
 

@@ -264,6 +264,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.ray
 @needs_vllm
 def test_a_ray_worker_with_vllm_gives_the_colocated_run_even_when_killed(tmp_path, ray_cluster, monkeypatch):
     from r1zero.trainer import train
