@@ -1,7 +1,7 @@
 """Rollout engines on this machine: r1zero's own engine, vLLM and transformers' `generate`, by model size; a whole
 training step with each of the two rollout engines; and the seconds vLLM takes to load new weights each step.
 
-    # in the vLLM environment (README, "vLLM"):
+    # in the vLLM environment (docs/vllm.md):
     python benchmarks/rollout_engines.py             # about 15 minutes on 2 cores
     python benchmarks/rollout_engines.py --repeats 1 --steps 6 --sizes 0.9M 4M --output none   # a quick look
 

@@ -7,7 +7,8 @@
 The settings reference comes from TrainConfig (each field's docstring, type and default, grouped by the section
 comments of config.py), the metrics reference from metric_names.METRICS, and the blocks between
 `<!-- generated: NAME -->` and `<!-- end generated -->` in any page from BLOCKS (the settings allowed with
-`--resume`: config.RESUME_SETTINGS). tests/test_docs.py runs the check.
+`--resume`: config.RESUME_SETTINGS; the newest table of each benchmark in benchmarks/results/). tests/test_docs.py
+runs the check.
 """
 
 from __future__ import annotations
@@ -122,23 +123,42 @@ def metrics_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-def resume_settings_block() -> str:
+def resume_settings_block(docs: Path) -> str:
     items = [f"[`{flag(name)}`](reference/settings.md#{name})" for name in RESUME_SETTINGS]
     return ("Settings that may be given with `--resume` (generated from `config.RESUME_SETTINGS`): "
             + ", ".join(items) + ".\n")
 
 
-BLOCKS = {"resume-settings": resume_settings_block}
+def benchmark_results_block(docs: Path) -> str:
+    """The newest results file of each benchmark in benchmarks/results/ (beside docs/), its table and provenance,
+    headings made smaller to sit under the page's own."""
+    folder = docs.parent / "benchmarks" / "results"
+    newest: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.md")):  # <date>-<benchmark>-<commit>.md: later dates sort later
+        found = re.fullmatch(r"\d{4}-\d{2}-\d{2}-(.+)-[0-9a-f]+", path.stem)
+        if found:
+            newest[found.group(1)] = path
+    if not newest:
+        return "No results files yet: run a benchmark (see above).\n"
+    parts = []
+    for benchmark, path in sorted(newest.items()):
+        text = path.read_text(encoding="utf-8").strip()
+        text = re.sub(r"^# .+$", f"### {benchmark}", text, count=1, flags=re.M)
+        parts.append(f"{text}\n\nFile: `benchmarks/results/{path.name}` (and `.json`, with every raw number).\n")
+    return "\n".join(parts)
+
+
+BLOCKS = {"resume-settings": resume_settings_block, "benchmark-results": benchmark_results_block}
 PAGES = {"reference/settings.md": settings_page, "reference/metrics.md": metrics_page}
 
 
-def fill_blocks(text: str, source: str) -> str:
+def fill_blocks(text: str, source: str, docs: Path = Path("docs")) -> str:
     """`text` with every generated block's body replaced by what BLOCKS makes; ValueError for an unknown name."""
     def replace(match: re.Match) -> str:
         name = match.group("name")
         if name not in BLOCKS:
             raise ValueError(f"{source}: unknown generated block '{name}'; valid: {', '.join(BLOCKS)}")
-        return match.group(1) + BLOCKS[name]() + match.group(4)
+        return match.group(1) + BLOCKS[name](docs) + match.group(4)
 
     return BLOCK.sub(replace, text)
 
@@ -150,7 +170,7 @@ def expected_files(docs: Path) -> dict[Path, str]:
         if path not in expected:
             text = path.read_text(encoding="utf-8")
             if BLOCK.search(text):
-                expected[path] = fill_blocks(text, str(path))
+                expected[path] = fill_blocks(text, str(path), docs)
     return expected
 
 
