@@ -56,6 +56,7 @@ def test_bad_recipes_name_the_problem(tmp_path, yaml_text, message):
     ({"model": "no/such/folder"}, "not a Hugging Face model folder"),
     ({"task": "poetry"}, "task: 'poetry' is not one of code, countdown, sums"),
     ({"kl_coef": -1.0}, "kl_coef: must be >= 0"),
+    ({"logprob_chunk_tokens": -5}, "logprob_chunk_tokens: must be >= 0"),
 ])
 def test_validation_explains_what_is_valid(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -75,7 +75,7 @@ def test_shipped_model_loads_with_plain_transformers():
 
 def test_shipped_model_solves_a_minority_of_held_out_problems_when_sampling():
     """The design's premise, measured on the shipped checkpoint: some sampled answers are right (RL has a signal),
-    most are not (RL has something to find). The README gives the full numbers."""
+    most are not (RL has something to find). docs/builtin-task.md gives the full numbers."""
     import torch
 
     from r1zero.evaluation import evaluate

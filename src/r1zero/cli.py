@@ -103,7 +103,7 @@ def command_eval(args: argparse.Namespace) -> int:
 
     task = args.task or "sums"
     check_settings(TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None,
-                               eval_samples=args.samples))
+                               eval_samples=args.samples, max_new_tokens=args.max_new_tokens, template=args.template))
     data = dict(prompt_field=args.prompt_field, answer_field=args.answer_field, answer_format=args.answer_format,
                 dataset_reward=args.dataset_reward)
     problems = load_problems(task, None, args.dataset, args.problems, args.seed) if args.dataset is None \

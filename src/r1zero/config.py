@@ -385,7 +385,7 @@ class TrainConfig:
                         "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds",
                         "value_clip", "critic_warmup_steps", "lora_rank", "overlong_buffer",
                         "overlong_penalty_factor", "temperature", "kl_coef", "vllm_kv_cache_gib",
-                        "vllm_max_model_len")
+                        "vllm_max_model_len", "logprob_chunk_tokens")
         problems = [f"{name}: must be > 0, got {getattr(self, name)}" for name in positive if getattr(self, name) <= 0]
         problems += [f"{name}: must be >= 0, got {getattr(self, name)}" for name in non_negative
                      if getattr(self, name) < 0]
