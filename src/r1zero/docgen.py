@@ -92,13 +92,18 @@ def setting_entries() -> list[SettingEntry]:
             for title, names in config_sections() for name in names]
 
 
+def page_start(title: str, source: str, introduction: str) -> list[str]:
+    """A generated page's first lines: its title, where it comes from, what it lists."""
+    return [f"# {title}", "", GENERATED_NOTE.format(source=source), "", introduction, ""]
+
+
 def settings_page() -> str:
-    lines = ["# Settings reference", "", GENERATED_NOTE.format(source="`TrainConfig` in `src/r1zero/config.py`"), "",
+    lines = page_start("Settings reference", "`TrainConfig` in `src/r1zero/config.py`",
              "Every setting of `r1zero train`. Each is a command-line flag (`--learning-rate 1e-6`) and a key of a YAML "
              "recipe (`learning_rate: 1e-6`); precedence: defaults < recipe (`--config FILE`) < flags. A boolean flag "
              "also has a `--no-` form. `r1zero train --check` prints every value a run would use. The settings marked "
              "*may change on resume* can be given with `--resume DIR` (see [checkpoints](../checkpoints.md)); every "
-             "other one comes from the run's own `config.yaml`.", ""]
+             "other one comes from the run's own `config.yaml`.")
     section = None
     for entry in setting_entries():
         if entry.section != section:
@@ -111,13 +116,13 @@ def settings_page() -> str:
 
 
 def metrics_page() -> str:
-    lines = ["# Metrics reference", "", GENERATED_NOTE.format(source="`METRICS` in `src/r1zero/metric_names.py`"), "",
+    lines = page_start("Metrics reference", "`METRICS` in `src/r1zero/metric_names.py`",
              "Every key `metrics.jsonl` can hold. A training step writes one JSON object; each held-out evaluation "
              "writes another with the same `step`. Every logger of `--report-to` (TensorBoard, W&B, trackio) receives "
              "the same numbers. In a key, `<component>` is a reward name (`accuracy`, `format`, your own), `<k>` a "
              "power of two up to `eval_samples` and `<K>` `eval_samples` itself. Non-finite values are written as "
-             "the strings `\"nan\"` and `\"inf\"`.", "",
-             "| key | written | meaning |", "| --- | --- | --- |"]
+             "the strings `\"nan\"` and `\"inf\"`.")
+    lines += ["| key | written | meaning |", "| --- | --- | --- |"]
     for pattern, when, meaning in metric_names.METRICS:
         lines.append(f"| `{pattern}` | {escape(when)} | {escape(meaning).replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
