@@ -28,7 +28,7 @@ from r1zero.config import TrainConfig
 from r1zero.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import add_output_argument, markdown_table, print_header, write_results  # noqa: E402
+from provenance import add_output_argument, markdown_table, mean_range, print_header, write_results  # noqa: E402
 
 # What each algorithm changes from the default run, and why.
 ALGORITHMS: dict[str, dict] = {
@@ -74,12 +74,6 @@ def run(name: str, seed: int, steps: int, folder: Path) -> dict:
         "greedy": evals[-1]["eval/accuracy_greedy"], "format": evals[-1]["eval/format"],
         "response_length": evals[-1]["eval/response_length"],
     }
-
-
-def mean_range(values: list[float], digits: int) -> str:
-    """"0.704" for one value, "0.650 (0.600-0.704)" for several: mean and range."""
-    mean = f"{statistics.mean(values):.{digits}f}"
-    return mean if len(values) == 1 else f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 COLUMNS = ["algorithm", "held-out pass@1", "greedy", "steps", "s/step", "training s", "response length"]

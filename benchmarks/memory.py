@@ -53,8 +53,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 SHAPES = {  # Qwen2.5's published configs (config.json of Qwen/Qwen2.5-*), without their weights
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -310,17 +310,6 @@ def paper_table() -> str:
 def largest_rss(result: dict) -> float:
     """The peak RSS of a run's largest process (the driver or a learner rank), in GB."""
     return max([result["driver_rss_gb"], *result["rank_rss_gb"]])
-
-
-def ratio_cell(ours: list[float | None], theirs: list[float | None]) -> str:
-    """'0.61x (0.58-0.64)': the median of `ours` over the median of `theirs` (the values present), with the range
-    of the repeat-by-repeat ratios; '-' where either side has none."""
-    pairs = [a / b for a, b in zip(ours, theirs) if a is not None and b]
-    mine, peer = [a for a in ours if a is not None], [b for b in theirs if b]
-    if not pairs or not mine or not peer:
-        return "-"
-    text = f"{statistics.median(mine) / statistics.median(peer):.2f}x"
-    return text if len(pairs) == 1 else f"{text} ({min(pairs):.2f}-{max(pairs):.2f})"
 
 
 def row_cells(label: str, spec: tuple, runs: list[dict], peer: tuple | None, guess: str) -> list[str]:

@@ -125,6 +125,29 @@ def show(figure: dict[str, float] | float | None, digits: int = 2) -> str:
     return f"{figure:.{digits}f}" if isinstance(figure, float) else str(figure)
 
 
+def ratio_cell(ours: Sequence[float | None], theirs: Sequence[float | None], bold: bool = False) -> str:
+    """'1.23x (1.10-1.31)': the median of `ours` over the median of `theirs`, with the range of the repeat-by-repeat
+    ratios (only the number when there is one pair); values missing on a side (None, or a zero peer) are left out,
+    and '-' stands where either side has none.
+
+    >>> ratio_cell([2.0, 3.0], [1.0, 2.0])
+    '1.67x (1.50-2.00)'
+    """
+    pairs = [a / b for a, b in zip(ours, theirs) if a is not None and b]
+    mine, peer = [a for a in ours if a is not None], [b for b in theirs if b]
+    if not pairs or not mine or not peer:
+        return "-"
+    text = f"{statistics.median(mine) / statistics.median(peer):.2f}x"
+    text = f"**{text}**" if bold else text
+    return text if len(pairs) == 1 else f"{text} ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def mean_range(values: Sequence[float], digits: int = 3) -> str:
+    """"0.704" for one value, "0.650 (0.600-0.704)" for several: the mean and the range (of seeds, say)."""
+    mean = f"{statistics.mean(values):.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", default=str(RESULTS_DIR),
                         help="write the results as DIR/<date>-<benchmark>-<commit>.json and .md (default: "

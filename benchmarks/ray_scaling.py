@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from step_vs_trl import make_qwen2  # noqa: E402
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 LAYOUTS = [(0, 1), (1, 1), (2, 1), (2, 2)]  # (rollout workers, learner ranks)
 SIZES = [(128, 4), (256, 4), (512, 8)]  # (hidden, layers): about 1M, 4M and 30M parameters
@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_rates = [rate for _, rate, _ in runs[peer]]
         for label, (workers, ranks) in layouts.items():
             seconds, rates, syncs = ([run[i] for run in runs[label]] for i in range(3))
-            if label == peer:
-                ratio = "(peer)"
-            else:
-                pairs = [a / b for a, b in zip(rates, peer_rates)]
-                ratio = f"{spread(rates)['median'] / spread(peer_rates)['median']:.2f}x" + \
-                    (f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else "")
+            ratio = "(peer)" if label == peer else ratio_cell(rates, peer_rates)
             rows.append([workers, ranks, show(spread(seconds)), show(spread(rates), 0), ratio, show(spread(syncs), 3)])
         title = f"Step throughput, built-in model and task, {os.cpu_count()} cores, {args.rounds} round(s)"
         print(f"\n## {title}\n")

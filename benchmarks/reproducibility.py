@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import add_output_argument, markdown_table, print_header, write_results  # noqa: E402
+from provenance import add_output_argument, markdown_table, mean_range, print_header, write_results  # noqa: E402
 
 from r1zero.config import TrainConfig  # noqa: E402
 from r1zero.trainer import train  # noqa: E402
@@ -47,11 +46,6 @@ def evaluations(records: list[dict]) -> dict[int, dict]:
 
 def untimed(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in records]
-
-
-def mean_range(values: list[float]) -> str:
-    text = f"{statistics.mean(values):.3f}"
-    return text if len(values) == 1 else f"{text} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from step_vs_trl import make_qwen2, stop_ids  # noqa: E402
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 SIZES = {"0.9M": None, "4M": (256, 4), "30M": (512, 8), "120M": (768, 12)}  # (hidden, layers) of a random Qwen2
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 8, 64
@@ -107,14 +107,6 @@ def step_seconds(engine: str, steps: int, workdir: Path) -> float:
                       eval_samples=1, checkpoint_every=0, report_to=["none"], eval_out_of_distribution=False))
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["time/step_seconds"] for r in records if "reward/mean" in r and r["step"] > 1)
-
-
-def ratio_cell(ours: list[float], theirs: list[float]) -> str:
-    """'1.23x (1.10-1.31)': the median of `ours` over the median of `theirs`, with the range of the round-by-round
-    ratios."""
-    pairs = [a / b for a, b in zip(ours, theirs)]
-    text = f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
-    return text if len(pairs) == 1 else f"{text} ({min(pairs):.2f}-{max(pairs):.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from step_vs_trl import Shape, make_qwen2, measure  # noqa: E402
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 SHAPES = [Shape(8, 64), Shape(8, 128), Shape(8, 256), Shape(4, 64), Shape(16, 64)]
 
@@ -56,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 each_tokens = [statistics.median(run["tokens"]) for run in runs]
                 seconds[side], tokens[side] = spread(each_seconds), spread(each_tokens)
                 rate[side] = [t / s for t, s in zip(each_tokens, each_seconds)]
-            pairs = [ours / theirs for ours, theirs in zip(rate["r1zero"], rate["trl"])]
-            ratio = statistics.median(rate["r1zero"]) / statistics.median(rate["trl"])
             rows.append([shape.group, shape.new_tokens, show(seconds["trl"]), show(seconds["r1zero"]),
                          f"{tokens['trl']['median']:.0f} / {tokens['r1zero']['median']:.0f}",
                          show(spread(rate["trl"]), 0), show(spread(rate["r1zero"]), 0),
-                         f"**{ratio:.2f}x**" + (f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else "")])
+                         ratio_cell(rate["r1zero"], rate["trl"], bold=True)])
             print(f"  {shape.group} samples x {shape.new_tokens} tokens: TRL {rows[-1][2]} s, r1zero {rows[-1][3]} s, "
                   f"{rows[-1][7]}", flush=True)
     print()

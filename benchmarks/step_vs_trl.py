@@ -41,8 +41,8 @@ from typing import NamedTuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 PROMPTS, GROUP, NEW_TOKENS, LEARNING_RATE = 8, 8, 64, 1e-6
 MICROBATCH_TOKENS = 4096  # r1zero packs rows by length for its update (opt-in: see TrainConfig.microbatch_tokens)
@@ -271,11 +271,9 @@ def summary(result: dict, peak: float, beta: float) -> dict:
     }
 
 
-def merged(repeats: list[dict], peak: float, beta: float) -> dict:
-    """One side's figures over its repeats (each repeat its own process): the spread of each repeat's median."""
-    each = [summary(result, peak, beta) for result in repeats]
-    figures = {key: spread(s[key] for s in each) for key in each[0]}
-    return figures
+def merged(each: list[dict]) -> dict:
+    """One side's figures over its repeats (each repeat's `summary`): the spread of each figure."""
+    return {key: spread(s[key] for s in each) for key in each[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,14 +306,13 @@ def main(argv: list[str] | None = None) -> int:
                 for _, side in alternate(["trl", "r1zero"], args.repeats):
                     results[side].append(measure(side, paths[name], beta, args.steps))
                 raw[f"{name} beta={beta}"] = results
-                ours, theirs = merged(results["r1zero"], peak, beta), merged(results["trl"], peak, beta)
-                ratio = ours["tokens_per_second"]["median"] / theirs["tokens_per_second"]["median"]
-                pairs = [a / b for a, b in zip((summary(r, peak, beta)["tokens_per_second"] for r in results["r1zero"]),
-                                               (summary(r, peak, beta)["tokens_per_second"] for r in results["trl"]))]
+                each = {side: [summary(result, peak, beta) for result in runs] for side, runs in results.items()}
+                ours, theirs = merged(each["r1zero"]), merged(each["trl"])
+                rates = {side: [s["tokens_per_second"] for s in each[side]] for side in each}
                 rows.append([f"{name}, beta {beta} (peer: TRL)", show(theirs["seconds"]), show(ours["seconds"]),
                              f"{theirs['tokens']['median']:.0f} / {ours['tokens']['median']:.0f}",
                              show(theirs["tokens_per_second"], 0), show(ours["tokens_per_second"], 0),
-                             f"**{ratio:.2f}x** ({min(pairs):.2f}-{max(pairs):.2f})",
+                             ratio_cell(rates["r1zero"], rates["trl"], bold=True),
                              f"{100 * ours['peak_fraction']['median']:.0f}% "
                              f"({100 * ours['generation_fraction']['median']:.0f} / "
                              f"{100 * ours['update_fraction']['median']:.0f})",

@@ -47,8 +47,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import (add_output_argument, alternate, markdown_table, print_header, show, spread,  # noqa: E402
-                        write_results)
+from provenance import (add_output_argument, alternate, markdown_table, print_header, ratio_cell, show,  # noqa: E402
+                        spread, write_results)
 
 SIDES = ("r1zero", "r1zero-glibc", "trl")
 PROMPT_TOKENS, COMPLETION_TOKENS, GROUP, BETA = 70, 128, 4, 0.04
@@ -179,12 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         last = [run["seconds"][-1] for run in runs]
         if side == "trl":
             ratio = "(peer)"
-        elif baseline:
-            pairs = [a / b for a, b in zip(last, baseline)]
-            ratio = f"**{spread(last)['median'] / spread(baseline)['median']:.2f}x**" + \
-                (f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else "")
         else:
-            ratio = "-"
+            ratio = ratio_cell(last, baseline, bold=True)  # '-' without a TRL side
         rows.append([side, show(spread(last), 1), ratio, show(spread(run["user"] for run in runs), 0),
                      show(spread(run["system"] for run in runs), 0),
                      show(spread(run["minor_faults"] / 1e6 for run in runs), 1),

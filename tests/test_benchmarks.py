@@ -148,3 +148,16 @@ def test_write_results_writes_the_table_and_its_provenance(provenance, tmp_path,
     assert "results: " in capsys.readouterr().out
     assert provenance.write_results("none", "demo", info, columns, rows, data) is None
     assert provenance.write_results(None, "demo", info, columns, rows, data) is None
+
+
+def test_ratio_cell_and_mean_range(provenance):
+    # medians 2.5 over 1.5 = 1.67; repeat by repeat 2/1 = 2.00 and 3/2 = 1.50
+    assert provenance.ratio_cell([2.0, 3.0], [1.0, 2.0]) == "1.67x (1.50-2.00)"
+    assert provenance.ratio_cell([3.0], [2.0], bold=True) == "**1.50x**"  # one pair: no range
+    # a run out of memory (None) and a zero peer are left out: each side's median of the values it has, 2.5 over
+    # 1.5 = 1.67; only one complete pair (4 / 2), so no range
+    assert provenance.ratio_cell([None, 4.0, 1.0], [1.0, 2.0, 0.0]) == "1.67x"
+    assert provenance.ratio_cell([None], [1.0]) == "-" and provenance.ratio_cell([1.0], []) == "-"
+    # mean 0.65, range 0.6-0.7
+    assert provenance.mean_range([0.6, 0.65, 0.7]) == "0.650 (0.600-0.700)"
+    assert provenance.mean_range([0.7041], 2) == "0.70"

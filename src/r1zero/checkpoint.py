@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r1zero.config import RESUME_SETTINGS, ConfigError, TrainConfig, load_config
+from r1zero.config import RESUME_SETTINGS, ConfigError, TrainConfig, flag_name, load_config
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 1  # bumped when TrainingState changes incompatibly
@@ -243,6 +243,17 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     os.replace(staging, path)
 
 
+def refuse_changes_on_resume(run_dir: Path, overrides: dict) -> None:
+    """ConfigError naming every setting of `overrides` that a resume may not change (not in RESUME_SETTINGS)."""
+    refused = sorted(name for name in overrides if name not in RESUME_SETTINGS)
+    if refused:
+        flags = ", ".join(map(flag_name, refused))
+        raise ConfigError(f"--resume {run_dir}: {flags} cannot change when resuming: the run continues with the "
+                          f"settings in {run_dir / 'config.yaml'}, or it would not be the same run. A resume may "
+                          f"change only {', '.join(RESUME_SETTINGS)}. To change anything else, start a new run from "
+                          f"a checkpoint's weights: --model {run_dir}/checkpoints/step_NNNNNN")
+
+
 def resume_settings(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
     """The settings of the run in `run_dir` (its config.yaml), with `overrides` (raw values by setting name)
     limited to RESUME_SETTINGS; ConfigError naming any other setting given."""
@@ -252,13 +263,7 @@ def resume_settings(run_dir: str | Path, overrides: dict | None = None) -> Train
         raise ConfigError(f"--resume {run_dir}: no config.yaml there, so it is not the output folder of an "
                           f"`r1zero train` run (or the run was killed before it started)")
     overrides = dict(overrides or {})
-    refused = sorted(name for name in overrides if name not in RESUME_SETTINGS)
-    if refused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
-        raise ConfigError(f"--resume {run_dir}: {flags} cannot change when resuming: the run continues with the "
-                          f"settings in {recipe}, or it would not be the same run. A resume may change only "
-                          f"{', '.join(RESUME_SETTINGS)}. To change anything else, start a new run from a "
-                          f"checkpoint's weights: --model {run_dir}/checkpoints/step_NNNNNN")
+    refuse_changes_on_resume(run_dir, overrides)
     config = load_config(recipe, overrides)
     config.output_dir = str(run_dir)  # the folder may have moved since
     return config

@@ -19,7 +19,8 @@ import sys
 import typing
 from pathlib import Path
 
-from r1zero.config import RESUME_SETTINGS, ConfigError, TrainConfig, field_docs, field_types, load_config
+from r1zero.config import (RESUME_SETTINGS, ConfigError, TrainConfig, field_docs, field_types, flag_name,
+                           load_config)
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     docs = field_docs(TrainConfig)
     for setting in dataclasses.fields(TrainConfig):
         default = setting.default if setting.default is not dataclasses.MISSING else setting.default_factory()
-        flag = "--" + setting.name.replace("_", "-")
+        flag = flag_name(setting.name)
         help_text = f"{docs.get(setting.name, '')} (default: {default})".replace("%", "%%")
         if field_types()[setting.name] is bool:
             parser.add_argument(flag, dest=setting.name, action=argparse.BooleanOptionalAction, default=None,
@@ -53,12 +54,16 @@ def _metavar(name: str) -> str:
     return {int: "INT", float: "FLOAT", str: "TEXT"}.get(kind, "VALUE")
 
 
+def train_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given as `train` flags (raw values by setting name); the others stay unset (None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
 def command_train(args: argparse.Namespace) -> int:
     from r1zero.checkpoint import (StopSignals, TrainingInterrupted, TrainingStopped, latest_checkpoint,
                                    load_checkpoint, resume_settings)
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
+    overrides = train_overrides(args)
     if args.resume and args.config:
         raise ConfigError("--resume DIR takes the settings of DIR/config.yaml; --config cannot be given with it")
     config = resume_settings(args.resume, overrides) if args.resume else load_config(args.config, overrides)

@@ -542,6 +542,11 @@ def field_docs(cls: type = TrainConfig) -> dict[str, str]:
     return docs
 
 
+def flag_name(setting: str) -> str:
+    """The command-line flag of a setting: learning_rate -> --learning-rate."""
+    return "--" + setting.replace("_", "-")
+
+
 def field_types(cls: type = TrainConfig) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -4,6 +4,8 @@ written and what it means. docs/reference/metrics.md is generated from METRICS (
 test checks that every key a run writes matches one of its patterns.
 """
 
+import re
+
 REWARD_PREFIX = "reward/"  # reward/mean, then reward/<component> (reward/accuracy, reward/format, ...)
 REWARD_MEAN = "reward/mean"
 REWARD_FORMAT = "reward/format"
@@ -109,11 +111,9 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def metric_pattern(pattern: str) -> "re.Pattern[str]":
+def metric_pattern(pattern: str) -> re.Pattern[str]:
     """A pattern of METRICS as a regular expression: each <placeholder> stands for one or more characters (a
     <component> may hold no slash, a <metric> may)."""
-    import re
-
     parts = re.split(r"(<[a-zA-Z]+>)", pattern)
     regex = "".join({"<component>": "[^/]+", "<k>": "[0-9]+", "<K>": "[0-9]+", "<metric>": ".+"}.get(part, re.escape(part))
                     if part.startswith("<") else re.escape(part) for part in parts)
