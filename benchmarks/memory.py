@@ -81,8 +81,9 @@ LARGE = ("checkpointing", ROWS["checkpointing"], 8, 8, 256)  # prompts, samples 
 LARGE_LABEL = "checkpointing 8 x 8 x 256"
 
 
-def make_model(folder: Path, shape: str) -> Path:
-    """A random Qwen2 of the shape, with r1zero's tokenizer (saved once; reused when already there)."""
+def make_model(folder: Path, shape: str | dict) -> Path:
+    """A random Qwen2 of the shape (a SHAPES name, or such a dict of dimensions) and the vocabulary of Qwen2.5,
+    with r1zero's tokenizer (saved once; reused when already there)."""
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -93,7 +94,8 @@ def make_model(folder: Path, shape: str) -> Path:
     tokenizer = load_tokenizer(SHIPPED_MODEL)
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=VOCABULARY, max_position_embeddings=32768, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+                         **(SHAPES[shape] if isinstance(shape, str) else shape))
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -65,12 +65,13 @@ def provenance() -> dict[str, Any]:
         import torch
 
         threads = torch.get_num_threads()
-        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        cuda = f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}" if torch.cuda.is_available() else None
     except ImportError:
         threads, cuda = None, None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git("rev-parse", "--short", "HEAD") or "unknown",
+        # a copy of the tree without .git (a GPU machine's) names its commit in R1ZERO_COMMIT (gpu_check.sh)
+        "commit": _git("rev-parse", "--short", "HEAD") or os.environ.get("R1ZERO_COMMIT") or "unknown",
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "python": platform.python_version(),
         "versions": versions,

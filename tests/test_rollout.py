@@ -87,14 +87,17 @@ def test_inverse_cdf_draws_follow_the_model_distribution(llama_dir):
     assert torch.sum(torch.minimum(counts, probabilities)) > 0.93  # overlap of the two distributions
 
 
+@pytest.mark.parametrize("compute, tolerance", [(None, 1e-5), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
+def test_fast_decode_steps_equal_the_models_own_forward(request, architecture, compute, tolerance):
     # Two prompts of different lengths (left padding), 2 samples each, 6 decode steps on fixed tokens, one row
     # leaving the batch after step 3 and all but one after step 4 (a whole group gone); the tiny models have 4
     # query heads over 2 key/value heads (GQA), and Qwen2 adds q/k/v biases. Every step's logits must match
-    # transformers' forward with its DynamicCache.
+    # transformers' forward with its DynamicCache; under bfloat16 autocast (--dtype bfloat16 samples so), to
+    # bfloat16's rounding: the two paths round different intermediate tensors (8 bits of mantissa: about 1e-2).
     from transformers import DynamicCache
 
+    from r1zero.models import autocast
     from r1zero.rollout import fast_decode
 
     folder = request.getfixturevalue(f"{architecture}_dir")
@@ -104,7 +107,7 @@ def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
     mask = (ids != 0).long()
     mask[1] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model, compute):
         caches = [DynamicCache(), DynamicCache()]
         for cache in caches:
             model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -126,7 +129,8 @@ def test_fast_decode_steps_equal_the_models_own_forward(request, architecture):
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], dim=1)
             expected = model(input_ids=token[:, None], attention_mask=full_mask, position_ids=position,
                              use_cache=True, **{cache_keyword(model): reference}).logits[:, -1]
-            torch.testing.assert_close(decoder.step(token, position), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(decoder.step(token, position).float(), expected.float(), atol=tolerance,
+                                       rtol=tolerance)
             position = position + 1
 
 
@@ -138,3 +142,29 @@ def test_fast_decode_samples_what_the_plain_path_samples(qwen2_dir):
     fast = TransformersEngine(model, tokenizer).generate(prompts, 4, 12, 1.0, seeds=[3, 4])
     plain = TransformersEngine(model, tokenizer, fast_decode=False).generate(prompts, 4, 12, 1.0, seeds=[3, 4])
     assert fast == plain
+
+
+@pytest.mark.parametrize("dtype, products", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_the_rollout_engines_multiply_in_the_runs_compute_dtype(llama_dir, dtype, products):
+    # --dtype bfloat16 trains with float32 weights and bfloat16 products; the engine in the training process and
+    # a Ray rollout worker's must sample the same way, or rollouts and training disagree more than they need to
+    from r1zero.config import TrainConfig
+    from r1zero.distributed import RolloutWorker
+    from r1zero.models import PRECISIONS, load_model
+    from r1zero.trainer import start_engines
+
+    tokenizer = load_tokenizer(llama_dir)
+    model = load_model(llama_dir, PRECISIONS[dtype].parameters, torch.device("cpu"), trainable=False)
+    engine, eval_engine = start_engines(TrainConfig(model=str(llama_dir), dtype=dtype), model, tokenizer,
+                                        torch.device("cpu"), None, 1)
+    worker = RolloutWorker(model.config, model.generation_config, tokenizer, model.dtype, 1, "cpu", None,
+                           PRECISIONS[dtype].compute)
+    for each in (engine, worker.engine):
+        seen = set()
+        layer = each.model.model.layers[0].mlp.down_proj
+        handle = layer.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        each.generate([[3, 4, 5], [6, 7]], 2, 4, 1.0, torch.Generator().manual_seed(0))
+        handle.remove()
+        assert seen == {products}
+        assert next(each.model.parameters()).dtype == torch.float32  # the weights stay float32
+    assert eval_engine is engine

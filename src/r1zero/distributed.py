@@ -35,7 +35,7 @@ import torch
 
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.memory import return_freed_memory, return_freed_memory_for
-from r1zero.models import plain_state_dict
+from r1zero.models import PRECISIONS, plain_state_dict
 from r1zero.rollout import Generation
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
@@ -172,13 +172,13 @@ class RolloutWorker:
     the copy. Methods run one at a time, in call order."""
 
     def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str,
-                 vllm=None):
+                 vllm=None, compute: torch.dtype | None = None):
         return_freed_memory()
         torch.set_num_threads(threads)
         self.model = None
         if vllm is None:
             self.model = model_from_config(model_config, generation_config, dtype, torch.device(device)).eval()
-            self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING)
+            self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING, compute=compute)
         else:
             from r1zero.rollout.vllm_engine import VLLMEngine
 
@@ -211,7 +211,7 @@ class RolloutWorkers:
         self.ray = ray
         self.actor = ray.remote(RolloutWorker).options(**actor_options(config, device))
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
-                     str(device), vllm)
+                     str(device), vllm, PRECISIONS[config.dtype].compute)
         self.sync_timeout = config.weight_sync_timeout_seconds
         self.workers = [self.actor.remote(*self.spec) for _ in range(count)]
         self.version = -1
@@ -491,8 +491,6 @@ class LearnerSpec:
     (never the whole TrainConfig), sent once."""
 
     def __init__(self, policy, config: TrainConfig, settings: UpdateSettings, device: torch.device):
-        from r1zero.models import PRECISIONS
-
         base = policy.get_base_model() if hasattr(policy, "peft_config") else policy
         self.model_config, self.generation_config = base.config, base.generation_config
         self.lora = policy.peft_config["default"] if hasattr(policy, "peft_config") else None

@@ -60,7 +60,20 @@ def file_problems(config: TrainConfig) -> list[str]:
         if path is not None and not Path(path).exists():  # a folder is a dataset saved with save_to_disk
             problems.append(f"{path_setting}: file not found: {path}")
     return (problems + model_problems(config.model, config.max_new_tokens) + logger_problems(config.report_to)
-            + engine_problems(config.rollout_engine))
+            + engine_problems(config.rollout_engine) + ray_problems(config))
+
+
+def ray_problems(config: TrainConfig) -> list[str]:
+    """Rollout workers and learner ranks run on Ray, an optional dependency: it must be installed when they are
+    asked for; the message says what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        return []
+    asked = {"rollout_workers": (config.rollout_workers, 0, "generate in this process"),
+             "train_processes": (config.train_processes, 1, "train in this process")}
+    return [f"{name}: {value} needs Ray, which is not installed; pip install 'r1zero[ray]' (or pip install ray), "
+            f"or {name} {default} to {instead}" for name, (value, default, instead) in asked.items() if value > default]
 
 
 def engine_problems(rollout_engine: str) -> list[str]:

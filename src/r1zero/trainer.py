@@ -76,7 +76,7 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
             evaluate_held_out(run, 0)
         run.started = time.time()  # the time budget and the ETA count from here
         for step in range(run.first_step, config.max_steps + 1):
-            clock = StepClock()
+            clock = StepClock(run.device)
             batch = sample_and_score(run, step)  # 1-3
             clock.lap("generation")
             rollout, ppo, gap = make_rollout(run, batch)  # 4
@@ -250,7 +250,7 @@ def start_engines(config: TrainConfig, policy, tokenizer, device, vllm, first_st
     """(the rollout engine in this process, the evaluation's): r1zero's engine on the policy itself, or with
     rollout_engine vllm and no rollout workers a vLLM engine given the policy's weights as version first_step - 1
     (the weights after that step's update); evaluation uses the rollout engine unless eval_engine is r1zero."""
-    own = TransformersEngine(policy, tokenizer, STOP_STRING)
+    own = TransformersEngine(policy, tokenizer, STOP_STRING, compute=PRECISIONS[config.dtype].compute)
     if vllm is None or config.rollout_workers:
         return own, own
     from r1zero.rollout.vllm_engine import VLLMEngine
@@ -421,13 +421,17 @@ def publish_weights(run: Run, step: int, update: StepUpdate) -> dict:
 # ---- 6. log ----------------------------------------------------------------------------------------------------
 
 class StepClock:
-    """Seconds since the step started, and the length of each named phase (lap)."""
+    """Seconds since the step started, and the length of each named phase (lap). On a GPU each lap first waits
+    for the kernels queued so far, so that a phase's GPU time counts in that phase and not in the next."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | None = None):
+        self.device = device if device is not None and device.type == "cuda" else None
         self.started = self.last = time.time()
         self.phases: dict[str, float] = {}
 
     def lap(self, phase: str) -> None:
+        if self.device is not None:
+            torch.cuda.synchronize(self.device)
         now = time.time()
         self.phases[phase], self.last = now - self.last, now
 

@@ -135,13 +135,14 @@ class FastDecoder:
             qk = qk * cos + qk.roll(d // 2, dims=-1) * sin  # (n, h+kv, d) rotated, the query heads scaled
             keys[:, :, column] = qk[:, h:]  # (n, kv, d) into the cache
             values[:, :, column] = qkv[:, q_size + kv_size:].view(n, kv, d)
-            self.query_slots.index_copy_(0, self.qk_index, qk.view(-1, d))  # the queries to their prompt's slots
+            self.query_slots.index_copy_(0, self.qk_index, qk.view(-1, d).to(self.query_slots.dtype))  # to their slots
             prompt_scores = torch.baddbmm(self.prompt_mask, query_slots, prompt_keys.view(-1, d, width))
             prompt_scores = prompt_scores.view(-1, width).index_select(0, self.query_index)  # (n*h, P)
             query = qk[:, :h].view(n, kv, g, d)  # query heads grouped over their key/value head (GQA)
             own_scores = torch.matmul(query, keys[:, :, :column + 1].transpose(-1, -2))  # (n, kv, g, t)
             weights = torch.softmax(torch.cat([prompt_scores.view(n, kv, g, width), own_scores], dim=-1), dim=-1)
-            self.weight_slots.index_copy_(0, self.query_index, weights[..., :width].reshape(-1, width))
+            self.weight_slots.index_copy_(0, self.query_index,
+                                          weights[..., :width].reshape(-1, width).to(self.weight_slots.dtype))
             prompt_part = torch.bmm(weight_slots, prompt_values.view(-1, width, d)).view(-1, d)  # (B*kv*G*g, d)
             attended = torch.baddbmm(prompt_part.index_select(0, self.query_index).view(n * kv, g, d),
                                      weights[..., width:].reshape(n * kv, g, column + 1),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from r1zero.models import cache_keyword, last_logits_only, left_padded
+from r1zero.models import autocast, cache_keyword, last_logits_only, left_padded
 from r1zero.rollout import Generation, fast_decode
 
 
@@ -23,10 +23,14 @@ def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: i
 
 
 class TransformersEngine:
-    """Samples with the policy's own forward pass and a DynamicCache; stops rows at `stop_string` or EOS."""
+    """Samples with the policy's own forward pass and a DynamicCache; stops rows at `stop_string` or EOS. With
+    `compute` (the --dtype's models.PRECISIONS compute dtype), the forward passes run under autocast to it, as the
+    training's own forward passes do: with --dtype bfloat16, sampling multiplies in bfloat16 too."""
 
-    def __init__(self, model, tokenizer, stop_string: str = "</answer>", fast_decode: bool = True):
+    def __init__(self, model, tokenizer, stop_string: str = "</answer>", fast_decode: bool = True,
+                 compute: torch.dtype | None = None):
         self.model = model
+        self.compute = compute
         self.fast_decode = fast_decode  # Llama and Qwen2: decode steps by r1zero.rollout.fast_decode
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -69,6 +73,11 @@ class TransformersEngine:
         seeds: list[int] | None = None,
     ) -> Generation:
         """Prefill each prompt once and share its KV cache among its G samples; drop rows as they finish."""
+        with autocast(self.model, self.compute):
+            return self._generate(prompts, samples_per_prompt, max_new_tokens, temperature, generator, seeds)
+
+    def _generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
+                  generator: torch.Generator | None, seeds: list[int] | None) -> Generation:
         from transformers import DynamicCache
 
         device = self.model.device
