@@ -124,24 +124,30 @@ def status_gb(pid: int) -> tuple[float, float]:
             name, _, value = line.partition(":")
             if name in ("VmHWM", "RssAnon"):
                 fields[name] = int(value.split()[0]) * 1024 / 1e9  # kB
+            elif name == "State" and value.split()[0] in ("Z", "X"):  # ended, not yet reaped: no memory lines
+                raise ProcessLookupError(f"process {pid} has ended")
     if len(fields) < 2:
         raise RuntimeError(f"/proc/{pid}/status has no VmHWM or RssAnon line: Linux 4.5 or newer is needed")
     return fields["VmHWM"], fields["RssAnon"]
 
 
-def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
+def watch(command: list[str], done, reserve_gb: float, log: Path, phase=None) -> dict:
     """Run `command` in its own session; poll its memory until done() (or the process ends); kill the session.
     Returns the peak RSS (VmHWM: resident pages, shared ones included) and the peak of its own pages (RssAnon:
     Ray's object store, which the driver and the ranks map together, counts in each one's RSS but in no one's
     own pages) in GB, of the process and of each learner rank, and whether the machine ran short (less than
-    reserve_gb available)."""
+    reserve_gb available). With `phase` (a function naming the phase the run is in now), also the peak of each
+    process's own pages in each phase: {phase: {"driver" or "rank N": GB}}, ranks numbered by start order."""
     import psutil
 
     peaks: dict[str, list[float]] = {}
+    by_phase: dict[str, dict[str, float]] = {}
+    rank_numbers: dict[int, int] = {}
     killed = False
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         while process.poll() is None and not done():
+            now = phase() if phase else None
             for name, pid in [("driver", process.pid)] + [(f"rank {r.pid}", r.pid) for r in learner_ranks()]:
                 try:
                     high_water, own = status_gb(pid)
@@ -149,6 +155,10 @@ def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
                     continue
                 old = peaks.get(name, [0.0, 0.0])
                 peaks[name] = [max(old[0], high_water), max(old[1], own)]
+                if now is not None:
+                    who = name if name == "driver" else \
+                        f"rank {rank_numbers.setdefault(pid, len(rank_numbers))}"
+                    by_phase.setdefault(now, {})[who] = max(by_phase.get(now, {}).get(who, 0.0), own)
             if psutil.virtual_memory().available < reserve_gb * 1e9:
                 killed = True
                 break
@@ -163,11 +173,27 @@ def watch(command: list[str], done, reserve_gb: float, log: Path) -> dict:
     ranks = [value for key, value in sorted(peaks.items()) if key.startswith("rank")]
     driver = peaks.get("driver", [0.0, 0.0])
     return {"driver_rss_gb": driver[0], "driver_own_gb": driver[1], "rank_rss_gb": [r[0] for r in ranks],
-            "rank_own_gb": [r[1] for r in ranks], "out_of_memory": killed}
+            "rank_own_gb": [r[1] for r in ranks], "out_of_memory": killed, "phases_own_gb": by_phase}
+
+
+PHASES = ("steps", "evaluation", "checkpoint", "final save")
+
+
+def run_phase(metrics: Path, checkpoint: Path, steps_to_run: int) -> str:
+    """Which of PHASES a run that ends with step `steps_to_run` is in, from what it has written: the steps until
+    that step's metrics line, then the last evaluation until its line, then the checkpoint until its folder is
+    there (renamed from its partial name when whole), then the final model until the process ends."""
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    steps = sum('"reward/mean"' in line for line in lines)
+    if steps < steps_to_run:
+        return "steps"
+    if not any('"eval/' in line and f'"step": {steps_to_run},' in line for line in lines):
+        return "evaluation"
+    return "final save" if checkpoint.is_dir() else "checkpoint"
 
 
 def run_r1zero(model: Path, flags: list[str], prompts: int, group: int, new_tokens: int, dtype: str, reserve: float,
-               folder: Path, steps_to_run: int) -> dict:
+               folder: Path, steps_to_run: int, phases: bool = False) -> dict:
     output = folder / "run"
     command = [sys.executable, "-m", "r1zero.cli", "train", "--model", str(model), "--output-dir", str(output),
                "--max-steps", str(steps_to_run), "--prompts-per-step", str(prompts), "--group-size", str(group),
@@ -182,7 +208,10 @@ def run_r1zero(model: Path, flags: list[str], prompts: int, group: int, new_toke
             return []
         return [json.loads(line) for line in metrics.read_text().splitlines() if '"reward/mean"' in line]
 
-    result = watch(command, lambda: len(steps()) >= steps_to_run, reserve, folder / "log.txt")
+    checkpoint = output / "checkpoints" / f"step_{steps_to_run:06d}"
+    until = (lambda: False) if phases else (lambda: len(steps()) >= steps_to_run)  # phases: to the end
+    result = watch(command, until, reserve, folder / "log.txt",
+                   (lambda: run_phase(metrics, checkpoint, steps_to_run)) if phases else None)
     done = steps()
     finished = len(done) >= steps_to_run
     result["seconds"] = done[-1]["time/step_seconds"] if finished else None
@@ -345,6 +374,20 @@ def row_cells(label: str, spec: tuple, runs: list[dict], peer: tuple | None, gue
             phases, rss_ratio, seconds_ratio, guess]
 
 
+def phases_table(runs: dict[str, list[dict]]) -> str:
+    """Each r1zero row's processes, and their peak own pages in each phase (--phases)."""
+    rows = []
+    for label, each in runs.items():
+        measured = [run["phases_own_gb"] for run in each if run.get("phases_own_gb")]
+        for who in sorted({who for run in measured for phase in run.values() for who in phase}):
+            cells = []
+            for phase in PHASES:
+                values = [run[phase][who] for run in measured if who in run.get(phase, {})]
+                cells.append(f"{statistics.median(values):.1f}" if values else "-")
+            rows.append([label, who, *cells])
+    return markdown_table(["row", "process", *PHASES], rows) if rows else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS),
@@ -361,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per r1zero row; s/step is the last one's (default 2: step 1 warms up)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each row, the rows alternated (A B B A ...; default 1)")
+    parser.add_argument("--phases", action="store_true",
+                        help="r1zero rows run to their end (the last step's evaluation, its checkpoint, the final "
+                             "model) and report each process's own pages by phase")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "r1zero-memory-benchmark"))
     add_output_argument(parser)
     args = parser.parse_args(argv)
@@ -377,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_trl(model, prompts, new_tokens, args.reserve, folder)
         else:
             result = run_r1zero(model, flags, prompts, group, new_tokens, args.dtype, args.reserve, folder,
-                                args.steps)
+                                args.steps, args.phases)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
         runs[label].append(result)
@@ -394,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row_cells(label, spec, runs[label], peer, guesses[label]) for label, spec in specs.items()]
     print()
     print(markdown_table(columns, rows))
+    phase_table = phases_table(runs) if args.phases else ""
+    if phase_table:
+        print(f"\nPeak own pages (RssAnon) by phase, GB (medians over the repeats):\n\n{phase_table}")
     paper = paper_table()
     paper_title = ("On paper (r1zero.memory), FSDP2 over 80 GB GPUs, bfloat16 mixed precision, checkpointing, "
                    "chunked log-probabilities, 8 completions of 70 + 1024 tokens per GPU:")
@@ -404,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
              "with their range; rank peaks: medians. The ratios: the row's largest process's peak RSS and its s/step "
              "over the TRL row's of the same run (median over median, the range of the repeat-by-repeat ratios "
              "in brackets); runs out of memory are left out of the RSS ratio.\n\n"
-             f"{paper_title}\n\n{paper}")
+             f"{paper_title}\n\n{paper}" +
+             (f"\n\nPeak own pages (RssAnon) by phase, GB (medians over the repeats):\n\n{phase_table}"
+              if phase_table else ""))
     write_results(args.output, "memory", info, columns, rows,
                   {"shape": args.shape, "dtype": args.dtype, "runs": runs, "estimates": guesses}, notes)
     return 0
