@@ -16,10 +16,15 @@ if [ "${1:-}" = "--download" ]; then
   ls .whl
   exit 0
 fi
+if ! ls .whl/math_verify-*.whl > /dev/null 2>&1; then
+  echo "gpu_check.sh: no wheels in .whl/: run 'bash benchmarks/gpu_check.sh --download' where pip reaches PyPI," \
+       "and carry .whl/ beside the working tree" >&2
+  exit 2
+fi
 site="${TMPDIR:-/tmp}/r1zero-gpu-site"
 python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
 export PYTHONPATH="$PWD/src:$site${PYTHONPATH:+:$PYTHONPATH}"
-export R1ZERO_COMMIT="$(cat .whl/COMMIT 2>/dev/null || echo unknown)"
+export R1ZERO_COMMIT="$(cat .whl/COMMIT 2>/dev/null || echo unknown)"  # --download wrote HEAD's: rerun it after a commit
 export PYTHONUNBUFFERED=1
-if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
+if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; fi
 exec python3 benchmarks/gpu_check.py --output "${OUT:-benchmarks/results}" "$@"

@@ -141,7 +141,8 @@ def run_r1zero(model: str, beta: float, steps: int, shape: Shape, setup: Setup =
                              kl_coef=beta, learning_rate=LEARNING_RATE, warmup_steps=0, eval_every=0,
                              microbatch_tokens=setup.microbatch_tokens, device=setup.device, dtype=setup.dtype,
                              gradient_checkpointing=setup.gradient_checkpointing,
-                             eval_problems=1, eval_samples=1, checkpoint_every=0, report_to=["none"])
+                             eval_problems=1, eval_samples=1, eval_out_of_distribution=False, checkpoint_every=0,
+                             report_to=["none"])
         records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "reward/mean" in r][setup.warmup:]
     return {
@@ -235,9 +236,11 @@ def run_rollout(model: str, beta: float, steps: int, shape: Shape, setup: Setup 
     generator = torch.Generator(device=device).manual_seed(0)
     for index in range(steps + setup.warmup):
         with autocast(policy, precision.compute):
+            wait_for(setup.device)
             started = time.perf_counter()
             generation = engine.generate(prompts, shape.group, shape.new_tokens, 1.0, generator)
             ours = time.perf_counter() - started
+            wait_for(setup.device)
             started = time.perf_counter()
             with torch.no_grad():
                 output = policy.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,

@@ -365,11 +365,12 @@ def test_a_run_killed_at_random_moments_resumes_to_the_same_metrics(llama_dir, t
 @pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "replicated"])
 def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_and_weights(llama_dir, tmp_path,
                                                                                          fsdp):
-    # Two ranks; with FSDP each holds half of the policy, the reference and AdamW's moments: the checkpoint gathers
-    # the optimiser state on rank 0, in the numbered form of a one-process run, and a resume scatters it back to the
-    # shards. A run SIGKILLed during step 6 (after its step-4 checkpoint) and resumed writes the uninterrupted run's
-    # metrics and final weights. (Both fail if the checkpoint keeps the ranks' learning rate, the one their last
-    # update used, instead of the driver's schedule's next one.)
+    # Two ranks; with FSDP each holds half of the policy, the reference and AdamW's moments, and writes its own
+    # shards of the optimiser state into the checkpoint (torch.distributed.checkpoint), which a resume reads back in
+    # place: nothing is gathered. Replicated ranks send rank 0's state, numbered as in a one-process run. A run
+    # SIGKILLed during step 6 (after its step-4 checkpoint) and resumed writes the uninterrupted run's metrics and
+    # final weights. (Both fail if the checkpoint keeps the ranks' learning rate, the one their last update used,
+    # instead of the driver's schedule's next one.)
     data_path = tmp_path / "data.jsonl"
     data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
                                  for a in range(1, 11)))
@@ -389,12 +390,19 @@ def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_
     process.wait(timeout=60)
     log.close()
     assert [int(p.name[5:]) for p in list_checkpoints(run)] == [2, 4]
-    state = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)["optimizer"]
-    trainable = sum(1 for p in AutoModelForCausalLM.from_pretrained(llama_dir).parameters())
-    assert sorted(state["state"]) == list(range(trainable))  # every parameter's moments, numbered, gathered
-    assert all(entry["exp_avg"].shape == parameter.shape for entry, parameter in
-               zip((state["state"][i] for i in range(trainable)),
-                   AutoModelForCausalLM.from_pretrained(llama_dir).parameters()))
+    fields = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)
+    state, shards = fields["optimizer"], latest_checkpoint(run) / "optimizer"
+    parameters = list(AutoModelForCausalLM.from_pretrained(llama_dir).parameters())
+    if fsdp:  # the moments are in the ranks' files only: two of them, and the index
+        assert state["state"] == {} and fields["optimizer_shards"] == 2
+        assert sorted(path.name for path in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        sizes = [path.stat().st_size for path in shards.glob("*.distcp")]
+        moments = 2 * 4 * sum(p.numel() for p in parameters)  # exp_avg and exp_avg_sq in float32
+        assert sum(sizes) >= moments and all(0.3 < size / sum(sizes) < 0.7 for size in sizes)  # about half each
+    else:
+        assert not shards.exists() and fields["optimizer_shards"] == 0
+        assert sorted(state["state"]) == list(range(len(parameters)))  # every parameter's moments, numbered
+        assert all(state["state"][i]["exp_avg"].shape == p.shape for i, p in enumerate(parameters))
     process, log = _launch(launcher, ["--resume", str(run)], log_path)
     assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
     log.close()
@@ -402,3 +410,34 @@ def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_
     for name, tensor in _weights(run / "final").items():
         largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
     assert largest <= 1e-6
+
+
+def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learning_rate(llama_dir, tmp_path):
+    # the sharded format in one process (FSDP ranks write the same files, one a rank): every moment and step count
+    # comes back exactly, and the learning rate the schedule set before loading stays
+    from r1zero.checkpoint import load_optimizer_shards, save_optimizer_shards
+
+    def trained(steps):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(llama_dir)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        for _ in range(steps):
+            model(input_ids=torch.tensor([[3, 4, 5, 6]]), labels=torch.tensor([[3, 4, 5, 6]])).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model, optimizer
+
+    model, optimizer = trained(3)
+    save_optimizer_shards(model, optimizer, str(tmp_path / "optimizer"))
+    assert (tmp_path / "optimizer" / ".metadata").is_file()
+    fresh, fresh_optimizer = trained(0)
+    fresh.load_state_dict(model.state_dict())
+    fresh_optimizer.param_groups[0]["lr"] = 5e-3  # the driver's schedule, restored before the shards
+    load_optimizer_shards(fresh, fresh_optimizer, str(tmp_path / "optimizer"))
+    assert fresh_optimizer.param_groups[0]["lr"] == 5e-3
+    expected, loaded = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert sorted(loaded) == sorted(expected) and len(expected) == len(list(model.parameters()))
+    for index, moments in expected.items():
+        assert float(moments["step"]) == 3.0 == float(loaded[index]["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(loaded[index][key], moments[key]) and moments[key].abs().max() > 0

@@ -339,3 +339,37 @@ def test_a_worker_that_does_not_load_its_weights_in_time_stops_the_run_naming_it
                                            r"weight_sync_timeout_seconds \(3 s\)"):
         train(tiny_run_config(llama_dir, tmp_path, rollout_workers=1, weight_sync_timeout_seconds=3, **SHARED))
     assert time.time() - started < 60  # not the 300 s the worker would take
+
+
+@pytest.mark.parametrize("first, then", [(dict(train_processes=2, fsdp=True), dict(train_processes=1, fsdp=False)),
+                                         (dict(train_processes=1, fsdp=False), dict(train_processes=2, fsdp=True)),
+                                         (dict(train_processes=2, fsdp=True), dict(train_processes=2, fsdp=False)),
+                                         (dict(train_processes=2, fsdp=True), dict(train_processes=3, fsdp=True))],
+                         ids=["fsdp-to-one-process", "one-process-to-fsdp", "fsdp-to-replicas", "fsdp-2-to-3-ranks"])
+def test_a_checkpoint_moves_between_fsdp_ranks_and_one_process(llama_dir, tmp_path, length_reward, reference_run,
+                                                              first, then):
+    # 2 steps (a checkpoint at the last) in one layout, resumed to step 3 in another: the reference run's metrics.
+    # FSDP ranks write their shards of AdamW's moments (torch.distributed.checkpoint); one process, or replicated
+    # ranks, put them together; FSDP ranks resumed from a one-process checkpoint split its whole state
+    import dataclasses
+
+    from r1zero.checkpoint import SHARDS_FOLDER, latest_checkpoint, load_checkpoint
+
+    config = tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, max_steps=2, **SHARED, **first)
+    train(config)
+    folder = latest_checkpoint(tmp_path / "run")
+    state = load_checkpoint(folder)
+    if first["fsdp"]:
+        assert state.optimizer_shards == 2 and state.optimizer["state"] == {}  # no moments in trainer_state.pt
+        assert (folder / SHARDS_FOLDER / ".metadata").is_file()
+        assert len(list((folder / SHARDS_FOLDER).glob("*.distcp"))) == 2  # one file a rank
+    else:
+        assert state.optimizer_shards == 0 and len(state.optimizer["state"]) > 0
+        assert not (folder / SHARDS_FOLDER).exists()
+    train(dataclasses.replace(config, max_steps=3, **then), resume=True)
+    assert_same_metrics(read_metrics(tmp_path / "run"), reference_run)
+    # step 3's AdamW update used the moments the checkpoint carried: its weights are the one-process run's
+    train(tiny_run_config(llama_dir, tmp_path / "straight", eval_every=2, eval_samples=2))
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "run" / "final").state_dict()
+    assert max((resumed[name] - straight[name]).abs().max().item() for name in straight) < 1e-5

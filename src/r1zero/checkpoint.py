@@ -9,6 +9,10 @@ Layout of one checkpoint, DIR/checkpoints/step_000040/:
     trainer_state.pt   a `TrainingState`: the step, optimizer and scheduler state, every RNG state (Python,
                        NumPy, torch, CUDA, the trainer's own generators), the data position, the health
                        monitor's state, and how much of metrics.jsonl had been written at that step.
+    optimizer/         with FSDP learner ranks only: each rank's shards of the optimiser state
+                       (torch.distributed.checkpoint: .metadata and one __<rank>_0.distcp file a rank), which
+                       trainer_state.pt then leaves out (optimizer_shards says how many ranks wrote them); no
+                       process ever holds the whole state.
 
 Atomic: everything is written into a hidden staging folder (.step_000040.partial) that is renamed to
 step_000040 only when complete, so a crash at any moment leaves either the whole checkpoint or none of it.
@@ -30,6 +34,7 @@ import shutil
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ import torch
 from r1zero.config import RESUME_SETTINGS, ConfigError, TrainConfig, flag_name, load_config
 
 STATE_FILE = "trainer_state.pt"
+SHARDS_FOLDER = "optimizer"  # FSDP ranks' shards of the optimiser state (torch.distributed.checkpoint)
 STATE_FORMAT = 1  # bumped when TrainingState changes incompatibly
 _CHECKPOINT_NAME = re.compile(r"step_(\d{6,})")
 
@@ -76,6 +82,9 @@ class TrainingState:
     metrics_bytes: int  # its size in bytes at this step: where a resumed run cuts it back to
     format: int = STATE_FORMAT
     critic: dict | None = None  # PPO: the value model's weights and its optimizer state
+    # FSDP: how many learner ranks wrote their shards of the optimiser state into SHARDS_FOLDER; `optimizer` then
+    # holds the driver's optimizer, which carries only the learning-rate schedule. 0: `optimizer` is all of it.
+    optimizer_shards: int = 0
 
     def restore(self, optimizer, scheduler, problems, health, generators: dict[str, torch.Generator]) -> None:
         """Load this state into freshly built training objects (the weights are loaded from the folder)."""
@@ -116,8 +125,10 @@ def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
-def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer, keep: int) -> Path:
+def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer, keep: int,
+                    write_shards=None) -> Path:
     """Write DIR/checkpoints/step_<state.step>/ atomically, then delete all but the newest `keep`; returns it.
+    write_shards(folder): writes the FSDP ranks' optimiser shards into the staging checkpoint's SHARDS_FOLDER.
 
     Refuses (CheckpointError) weights that are not finite, so a checkpoint is always a state worth resuming.
     """
@@ -136,7 +147,12 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer,
     tokenizer.save_pretrained(staging)
     fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}  # asdict would deep-copy
     torch.save(fields, staging / STATE_FILE)
-    for path in staging.iterdir():  # on disk before the rename makes the checkpoint visible
+    if write_shards is not None:
+        write_shards(staging / SHARDS_FOLDER)
+        if not (staging / SHARDS_FOLDER / ".metadata").is_file():
+            raise CheckpointError(f"{staging / SHARDS_FOLDER}: the learner ranks wrote no .metadata; with ranks on "
+                                  f"several machines the output folder must be on a file system they all see")
+    for path in [*sorted(staging.rglob("*"), reverse=True), staging]:  # on disk before the rename shows it
         _fsync(path)
     if folder.exists():  # the same step saved again: move the old one out of the way first
         _remove(folder)
@@ -145,6 +161,38 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer,
     for old in list_checkpoints(run_dir)[:-keep]:
         _remove(old)
     return folder
+
+
+def save_optimizer_shards(model, optimizer, folder: str) -> None:
+    """This process's part of the optimiser state, keyed by parameter name, into `folder` with
+    torch.distributed.checkpoint (DCP): on FSDP ranks each writes its own shards (every rank calls this together;
+    rank 0 also writes the index, .metadata), so nothing is gathered anywhere."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    with warnings.catch_warnings():  # one process (no process group) is meant: DCP's notice says nothing more
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=folder,
+                 no_dist=not dist.is_initialized())
+
+
+def load_optimizer_shards(model, optimizer, folder: str) -> None:
+    """The inverse of save_optimizer_shards, into this process's optimiser in place: an FSDP rank reads the pieces
+    of its own shards (from any number of ranks that wrote them: DCP reshards), one process without FSDP the whole
+    state. Only the moments and step counts are read: the optimiser's hyperparameters (the learning rate the
+    schedule set) stay as they are."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    current = get_optimizer_state_dict(model, optimizer)  # zero moments of the right shapes, keyed by name
+    moments = {"optimizer": {"state": current["state"]}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.load(moments, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    set_optimizer_state_dict(model, optimizer, {"state": moments["optimizer"]["state"],
+                                                "param_groups": current["param_groups"]})
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -193,10 +241,15 @@ def load_checkpoint(folder: str | Path) -> TrainingState:
         raise CheckpointError(f"{state_path}: state format {found}, this r1zero reads format {STATE_FORMAT}; "
                               f"resume with the r1zero version that wrote it")
     expected = {f.name for f in dataclasses.fields(TrainingState)}
-    optional = {"critic"}  # added later: checkpoints written before it are still read
+    optional = {"critic", "optimizer_shards"}  # added later: checkpoints written before them are still read
     if not expected - optional <= set(fields) <= expected:
         raise CheckpointError(f"{state_path}: fields {sorted(set(fields) ^ expected)} missing or unexpected; "
                               f"{advice}")
+    shards = folder / SHARDS_FOLDER
+    if fields.get("optimizer_shards") and not ((shards / ".metadata").is_file() and
+                                               len(list(shards.glob("*.distcp"))) >= 1):
+        raise CheckpointError(f"{shards}: the optimiser's shards ({fields['optimizer_shards']} ranks wrote them) "
+                              f"are missing or incomplete (no .metadata or no .distcp file); {advice}")
     return TrainingState(**fields)
 
 

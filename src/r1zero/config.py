@@ -30,11 +30,11 @@ from r1zero.health import REFLECTION_WORDS
 # Settings `r1zero train --resume DIR` may change. Every other setting comes from DIR/config.yaml unchanged:
 # changing the model, data, algorithm, seed, device or dtype would make the resumed run a different run. With
 # none of these given, a resumed CPU run repeats the uninterrupted one exactly. max_steps may extend a finished
-# run; time_budget_seconds counts again from the resume; threads, rollout_workers and train_processes may change
-# the last bits of CPU floating-point sums; the others change no number.
+# run; time_budget_seconds counts again from the resume; threads, rollout_workers, train_processes and fsdp may
+# change the last bits of CPU floating-point sums; the others change no number.
 RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                   "report_to", "project", "run_name", "threads", "rollout_workers", "train_processes", "ray_address",
-                   "ray_worker_cpus", "vllm_memory", "vllm_kv_cache_gib",
+                   "report_to", "project", "run_name", "threads", "rollout_workers", "train_processes", "fsdp",
+                   "ray_address", "ray_worker_cpus", "vllm_memory", "vllm_kv_cache_gib",
                    "weight_sync_timeout_seconds")
 # Settings of earlier versions, read from old recipes and run folders as what replaced them.
 RENAMED_SETTINGS = {"tensorboard": lambda on: ("report_to", "tensorboard" if on else "none")}
@@ -313,8 +313,9 @@ class TrainConfig:
     """With train_processes K >= 2: shard the policy's parameters, gradients and AdamW state over the K ranks with
     torch's FSDP2 (fully_shard on each decoder layer, then the root), and hold the reference model on the ranks,
     sharded the same way: each rank keeps about 1/K of the training state. The step equals one process's (tested);
-    checkpoints keep their format (the optimiser state gathered on rank 0). The driver still holds one full copy
-    of the policy, for generation, evaluation and checkpoints."""
+    each rank writes its own shards of the optimiser state into checkpoints (torch.distributed.checkpoint), and a
+    resume may switch it on or off. The driver still holds one full copy of the policy, for generation, evaluation
+    and checkpoints."""
     ray_address: str = ""
     """Ray cluster to join: "auto" (the cluster `ray start` made on this machine) or HOST:PORT. Empty: with
     rollout_workers or train_processes > 1, start a private Ray instance on this machine. With Ray on, the

@@ -29,10 +29,12 @@ import os
 import socket
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from r1zero.checkpoint import load_optimizer_shards, save_optimizer_shards
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.memory import return_freed_memory, return_freed_memory_for
 from r1zero.models import PRECISIONS, plain_state_dict
@@ -388,14 +390,6 @@ def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
                              for group in state["param_groups"]]}
 
 
-def optimizer_state_by_index(state: dict, names: list[str]) -> dict:
-    """The inverse of optimizer_state_by_name: the form optimizer.state_dict() has, as checkpoints keep it."""
-    index = {name: number for number, name in enumerate(names)}
-    return {"state": {index[name]: value for name, value in state["state"].items()},
-            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
-                             for group in state["param_groups"]]}
-
-
 class LearnerRank:
     """A Ray actor: rank `rank` of the data-parallel update, with its own policy copy (its shard of it with FSDP)
     and AdamW; with FSDP also its shard of the reference model."""
@@ -420,9 +414,10 @@ class LearnerRank:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def join(self, host: str, port: int, optimizer_state: dict) -> None:
-        """Enter the process group; with FSDP shard the models; make AdamW and load `optimizer_state` (numbered,
-        as optimizer.state_dict() gives it)."""
+    def join(self, host: str, port: int, optimizer_state: dict, shards: str | None = None) -> None:
+        """Enter the process group; with FSDP shard the models; make AdamW and load its state: from the folder
+        `shards` (a sharded checkpoint's, load_optimizer_shards), or `optimizer_state` (numbered, as
+        optimizer.state_dict() gives it)."""
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
@@ -434,6 +429,9 @@ class LearnerRank:
                 shard(self.reference)
         trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=self.spec.learning_rate, weight_decay=self.spec.weight_decay)
+        if shards is not None:
+            load_optimizer_shards(self.model, self.optimizer, shards)
+            return
         if not self.spec.fsdp:
             self.optimizer.load_state_dict(optimizer_state)
             return
@@ -476,14 +474,13 @@ class LearnerRank:
         return sharded_logprobs(self.reference, sequences, chunk_tokens, self.spec.settings.compute).cpu()
 
     def optimizer_state(self) -> dict | None:
-        """The optimiser's state, numbered as optimizer.state_dict() numbers it (FSDP: gathered on rank 0)."""
-        if not self.spec.fsdp:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        """The optimiser's state, numbered as optimizer.state_dict() numbers it: rank 0's (the ranks are replicas;
+        FSDP ranks save theirs with save_optimizer instead)."""
+        return self.optimizer.state_dict() if self.rank == 0 else None
 
-        state = get_optimizer_state_dict(self.model, self.optimizer,
-                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return optimizer_state_by_index(state, trainable_names(self.model)) if self.rank == 0 else None
+    def save_optimizer(self, folder: str) -> None:
+        """FSDP: this rank's shards of the optimiser state into `folder` (every rank together)."""
+        save_optimizer_shards(self.model, self.optimizer, folder)
 
 
 class LearnerSpec:
@@ -519,9 +516,11 @@ class Learners:
     """K LearnerRank actors, launched and supervised through Ray; update() is update.update_policy on K ranks."""
 
     def __init__(self, world: int, policy, optimizer, config: TrainConfig, settings: UpdateSettings,
-                 device: torch.device, shard_reference: bool = False, reference=None):
+                 device: torch.device, shard_reference: bool = False, reference=None, shards: Path | None = None):
         """shard_reference: the ranks hold the reference model, sharded (FSDP): `reference`'s weights, or for a
-        new run (reference None) the policy's, which are the reference's until the first update."""
+        new run (reference None) the policy's, which are the reference's until the first update. shards: FSDP
+        ranks load their optimiser state from this folder of a sharded checkpoint (any number of ranks wrote it),
+        instead of from `optimizer`."""
         import ray
 
         self.ray, self.world, self.lora, self.fsdp = ray, world, hasattr(policy, "peft_config"), config.fsdp
@@ -534,7 +533,9 @@ class Learners:
         self.sharded_reference = shard_reference
         self.ranks = [actor.remote(rank, world, spec, arrays, reference_arrays) for rank in range(world)]
         host, port = self._get([self.ranks[0].address.remote()])[0]
-        self._get([rank.join.remote(host, port, optimizer.state_dict()) for rank in self.ranks])
+        state = {"state": {}, "param_groups": optimizer.state_dict()["param_groups"]} if shards else \
+            optimizer.state_dict()
+        self._get([rank.join.remote(host, port, state, str(shards) if shards else None) for rank in self.ranks])
 
     def update(self, rollout, plan, learning_rate: float, policy):
         """One update on every rank; the new weights are loaded into `policy` (the driver's copy). Returns rank 0's
@@ -565,10 +566,15 @@ class Learners:
                             for rank, share in zip(self.ranks, shares)])
         return torch.cat([piece[:len(block)] for piece, block in zip(pieces, blocks)])
 
+    def save_optimizer(self, folder: Path) -> None:
+        """FSDP: every rank writes its shards of the optimiser state into `folder` (save_optimizer_shards). With
+        ranks on several machines, `folder` must be on a file system they all see."""
+        self._get([rank.save_optimizer.remote(str(folder)) for rank in self.ranks])
+
     def optimizer_state(self, schedule) -> dict:
-        """Rank 0's optimiser state (every rank takes part in the FSDP gather) with the learning rates of
-        `schedule`, the driver's optimizer, which carries the schedule: the ranks' lr is the one their last update
-        used, the driver's has since stepped to the next step's, which a resumed run must start from."""
+        """Rank 0's optimiser state (replicated ranks) with the learning rates of `schedule`, the driver's
+        optimizer, which carries the schedule: the ranks' lr is the one their last update used, the driver's has
+        since stepped to the next step's, which a resumed run must start from."""
         state = self._get([rank.optimizer_state.remote() for rank in self.ranks])[0]
         for group, scheduled in zip(state["param_groups"], schedule.param_groups):
             group.update({key: scheduled[key] for key in ("lr", "initial_lr") if key in scheduled})

@@ -42,9 +42,9 @@ import torch
 from r1zero import algorithms
 from r1zero import metric_names as names
 from r1zero.batch import StepBatch, collect_batch
-from r1zero.checkpoint import (TrainingInterrupted, TrainingState, TrainingStopped, capture_global_rng,
-                               latest_checkpoint, load_checkpoint, refuse_existing_run, rewind_metrics,
-                               save_checkpoint, write_text_atomically)
+from r1zero.checkpoint import (SHARDS_FOLDER, TrainingInterrupted, TrainingState, TrainingStopped, capture_global_rng,
+                               latest_checkpoint, load_checkpoint, load_optimizer_shards, refuse_existing_run,
+                               rewind_metrics, save_checkpoint, write_text_atomically)
 from r1zero.config import ConfigError, TrainConfig, to_yaml
 from r1zero.critic import Critic, CriticStats, ValueModel
 from r1zero.evaluation import evaluate
@@ -187,8 +187,12 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     sampling = torch.Generator(device=device).manual_seed(config.seed)
     shuffling = torch.Generator().manual_seed(config.seed + 1)
     monitor = HealthMonitor()
+    shards = resume_from / SHARDS_FOLDER if state is not None and state.optimizer_shards else None
+    sharded_ranks = config.train_processes > 1 and config.fsdp
     if state is not None:
         state.restore(optimizer, scheduler, problems, monitor, {"sampling": sampling, "shuffling": shuffling})
+        if shards is not None and not sharded_ranks:  # FSDP's shards, put together for one process or replicas
+            load_optimizer_shards(policy, optimizer, str(shards))
         if critic is not None:
             critic.load_state_dict(state.critic)
     first_step = state.step + 1 if state is not None else 1
@@ -205,7 +209,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
             raise
     if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
         learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
-                                        reference_on_ranks(config), reference)
+                                        reference_on_ranks(config), reference, shards if sharded_ranks else None)
         reference = None if reference_on_ranks(config) else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
@@ -553,13 +557,19 @@ def checkpoint_or_stop(run: Run, step: int, skipped_updates: bool, last: bool, s
 
 
 def save_run_checkpoint(run: Run, step: int) -> Path:
+    """The checkpoint of step `step`: with FSDP learner ranks each rank writes its shards of the optimiser state
+    beside it (nothing is gathered); replicated ranks send rank 0's; in one process the optimizer's own."""
     lines, size = run.logger.position()
     generators = {"sampling": run.sampling.get_state(), "shuffling": run.shuffling.get_state()}
-    optimizer_state = run.learners.optimizer_state(run.optimizer) if run.learners else run.optimizer.state_dict()
+    sharded = run.learners is not None and run.learners.fsdp
+    optimizer_state = run.learners.optimizer_state(run.optimizer) if run.learners and not sharded else \
+        run.optimizer.state_dict()  # sharded: the driver's, which holds only the schedule
     snapshot = TrainingState(step, optimizer_state, run.scheduler.state_dict(), run.problems.state_dict(),
                              run.monitor.state_dict(), generators, capture_global_rng(), lines, size,
-                             critic=run.critic.state_dict() if run.critic else None)
-    return save_checkpoint(run.output_dir, snapshot, run.policy, run.tokenizer, run.config.keep_checkpoints)
+                             critic=run.critic.state_dict() if run.critic else None,
+                             optimizer_shards=run.learners.world if sharded else 0)
+    return save_checkpoint(run.output_dir, snapshot, run.policy, run.tokenizer, run.config.keep_checkpoints,
+                           run.learners.save_optimizer if sharded else None)
 
 
 def nonfinite_diagnosis(step: int, count: int, config: TrainConfig) -> str:

@@ -123,7 +123,7 @@ class TransformersEngine:
                     stopped[row] = True
                 else:
                     still.append(position)
-            if not still:
+            if not still or t == max_new_tokens - 1:  # done: the next token's logits would go unread
                 break
             if live_index is None:
                 token = sampled  # (n,)

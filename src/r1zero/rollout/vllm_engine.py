@@ -146,7 +146,8 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
 
         if seeds is None:
-            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator).tolist()
+            where = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
+            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=where).tolist()
         params = [SamplingParams(n=samples_per_prompt, temperature=temperature, max_tokens=max_new_tokens,
                                  seed=None if temperature == 0 else seed, stop=[self.stop_string],
                                  include_stop_str_in_output=True, logprobs=0, skip_special_tokens=False,
