@@ -21,6 +21,10 @@ default: `r1zero train --device DEVICE`, nothing else (the built-in model and ta
 time; then the same command on this machine's CPU for --cpu-steps steps (evaluating 8 problems only), for the
 seconds-per-step ratio.
 
+engine: r1zero's rollout engine against transformers' `generate` on the 0.5B shape, the same 64 rows, stops and
+precision (float32 weights, bfloat16 products), a warm-up round and then --rounds timed ones, alternated within
+one process: tokens per second.
+
 step: the 0.5B shape, --dtype bfloat16 --gradient-checkpointing, 8 prompts x 8 samples x up to 256 new tokens,
 beta 0.04, 3 steps (--tiny: 2 x 2 x 8, 2 steps), the first one untimed: r1zero's seconds per step with its
 phases, the peak of torch.cuda.max_memory_allocated, and r1zero's memory estimate (preflight.step_memory_estimate,
@@ -28,10 +32,6 @@ what `train --check` prints, less its allowance for the interpreter, which lives
 GRPOTrainer (benchmarks/step_vs_trl.py's harness) on the same model and settings: bf16=True,
 gradient_checkpointing=True, generation by transformers; skipped, and said so, when TRL is not installed. Each
 side runs in its own process, --repeats times, alternated (r1zero TRL TRL r1zero); medians, with ranges.
-
-engine: r1zero's rollout engine against transformers' `generate` on the 0.5B shape, the same 64 rows, stops and
-precision (float32 weights, bfloat16 products), a warm-up round and then --rounds timed ones, alternated within
-one process: tokens per second.
 
 Each part runs whatever happened to the others: an error is recorded with its traceback and the next part runs.
 The results (<date>-gpu_check-<commit>.json and .md) are written after every part, to --output (default: the

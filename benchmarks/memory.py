@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{paper_title}\n\n{paper}" +
              (f"\n\nPeak own pages (RssAnon) by phase, GB (medians over the repeats):\n\n{phase_table}"
               if phase_table else ""))
-    write_results(args.output, "memory", info, columns, rows,
+    # a --phases run is its own series: its few rows do not stand in for the whole table
+    write_results(args.output, "memory_phases" if args.phases else "memory", info, columns, rows,
                   {"shape": args.shape, "dtype": args.dtype, "runs": runs, "estimates": guesses}, notes)
     return 0
 

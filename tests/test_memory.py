@@ -46,7 +46,18 @@ def test_each_term_by_hand():
     assert sharded.activations == 3 * 12 * 84 * 2 * 4  # FSDP ranks run whole sequences: 3 x (5 + 7) tokens
     lora = step_memory(model, step, 4, 0, trainable_fraction=0.1)
     assert (lora.gradients, lora.optimizer, lora.reference) == (400, 800, 0)
-    assert plain.total == sum(plain)
+    assert plain.checkpoint == sharded.checkpoint == 0  # torch.save streams; FSDP ranks write their own shards
+    assert plain.total == sum(plain)  # the step's additions are the larger
+    # replicated ranks: rank 0 copies its AdamW state (8,000 bytes) to send it to the driver for the checkpoint;
+    # the checkpointed step's activations and logits (26 x 92 x 4 + 5 x 10 x 4 x 3 = 10,168 bytes) exceed that,
+    # so the step stays the peak; a one-token step's do not, and the checkpoint is the peak
+    replicated = step_memory(model, step, 4, 2, gradient_checkpointing=True, logprob_chunk_tokens=5, replicas=2)
+    assert replicated.checkpoint == 8000
+    resting = 4000 + 4000 + 8000 + 2000 + replicated.baseline
+    assert replicated.total == resting + max(26 * 92 * 4 + 600, 8000) == resting + 10168
+    small = step_memory(ModelShape(1000, 4, 1, 8, 10, 2, 1, 300), StepShape(1, 1, 1, 1), 4, 0, replicas=2)
+    # one token: 1 x 84 numbers x 1 layer x 4 bytes of activations and 1 x 10 x 4 x 3 of logits, under 8,000
+    assert small.total == 4000 + 4000 + 8000 + small.baseline + 8000
     # a colocated vLLM engine: on CPU its float32 copy of the 1,000 weights plus the 1 GiB KV cache it starts with;
     # on a GPU of 80e9 bytes the 0.3 share it reserves; a given cache size: weights plus that
     assert vllm_engine_bytes(model, 4, 0.0, 0.3, 24e9, on_gpu=False) == 4000 + 2**30

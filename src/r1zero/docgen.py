@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import re
 import sys
 import typing
@@ -132,9 +133,16 @@ def resume_settings_block(docs: Path) -> str:
 
 
 def newest_results(docs: Path) -> dict[str, Path]:
-    """{benchmark: its newest results .md} in benchmarks/results/ beside docs/ (<date>-<benchmark>-<commit>.md)."""
+    """{benchmark: its newest results .md} in benchmarks/results/ beside docs/ (<date>-<benchmark>-<commit>.md):
+    the latest by the time its .json records (several runs of a day differ only in their commit), else by name."""
+    def when(path: Path) -> tuple[str, str]:
+        try:
+            return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["provenance"]["date"], path.name
+        except (OSError, ValueError, KeyError, TypeError):
+            return path.name[:10], path.name
+
     newest: dict[str, Path] = {}
-    for path in sorted((docs.parent / "benchmarks" / "results").glob("*.md")):  # later dates sort later
+    for path in sorted((docs.parent / "benchmarks" / "results").glob("*.md"), key=when):
         if found := RESULTS_FILE.fullmatch(path.stem):
             newest[found.group("benchmark")] = path
     return newest

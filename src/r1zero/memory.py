@@ -13,7 +13,12 @@ V vocabulary, S = prompt + completion tokens per row, R rows per micro-batch):
     (heads * S numbers per token) -- or, with checkpointing, H per layer plus one layer's full set while it is
     recomputed; R*S tokens (rows count their prompt once per group, except on FSDP ranks: once each);
     logits: R*T*V*4 bytes, three times (the logits, their float32 softmax and its gradient), or one chunk's
-    logprob_chunk_tokens*V*4*3 with chunked log-probabilities.
+    logprob_chunk_tokens*V*4*3 with chunked log-probabilities;
+    checkpoint: what writing a checkpoint adds to a process's resting state (weights, gradients, AdamW,
+    reference): 2*P*b with replicated learner ranks (rank 0's AdamW state, copied to send to the driver), nothing
+    in one process (torch.save streams the tensors) or on FSDP ranks (each writes its own shards).
+The peak is the resting state plus the larger of the step's activations, logits and gathered unit, and the
+checkpoint's addition.
 The model ignores allocator slack and the interpreter (~0.5 GB measured on the CPU): benchmarks/memory.py gives
 how far each term is from the measured peak.
 
@@ -127,10 +132,13 @@ class MemoryEstimate(NamedTuple):
     gathered: float  # FSDP: the largest unit's full parameters while it runs
     engine: float = 0.0  # a colocated vLLM engine: its own weights and KV cache (vllm_engine_bytes)
     baseline: float = BASELINE_BYTES
+    checkpoint: float = 0.0  # what writing a checkpoint adds to the resting state (not at the same time as a step)
 
     @property
     def total(self) -> float:
-        return sum(self)
+        """The peak: the resting state plus the larger of the step's own additions and the checkpoint's."""
+        resting = self.weights + self.gradients + self.optimizer + self.reference + self.engine + self.baseline
+        return resting + max(self.activations + self.logits + self.gathered, self.checkpoint)
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {value / GB:.2f}" for name, value in self._asdict().items() if value)
@@ -139,9 +147,10 @@ class MemoryEstimate(NamedTuple):
 
 def step_memory(model: ModelShape, step: StepShape, parameter_bytes: int = 4, reference_bytes: int = 0,
                 trainable_fraction: float = 1.0, gradient_checkpointing: bool = False, logprob_chunk_tokens: int = 0,
-                shards: int = 1, activation_bytes: int = 4) -> MemoryEstimate:
+                shards: int = 1, activation_bytes: int = 4, replicas: int = 1) -> MemoryEstimate:
     """The estimate of the module docstring. reference_bytes 0: no reference model. trainable_fraction: the
-    share of parameters that get gradients and AdamW moments (LoRA: the adapters'). shards: FSDP ranks (1: none)."""
+    share of parameters that get gradients and AdamW moments (LoRA: the adapters'). shards: FSDP ranks (1: none).
+    replicas: learner ranks without FSDP (1: the update runs in the training process)."""
     weights = model.parameters * parameter_bytes / shards
     trained = model.parameters * trainable_fraction * parameter_bytes / shards
     sequence = step.prompt_tokens + step.completion_tokens
@@ -156,8 +165,9 @@ def step_memory(model: ModelShape, step: StepShape, parameter_bytes: int = 4, re
         min(logprob_chunk_tokens, step.rows * step.completion_tokens)
     logits = positions * model.vocabulary * 4 * 3
     gathered = model.largest_unit * parameter_bytes * 2 if shards > 1 else 0.0  # a unit's full weights and grads
+    checkpoint = 2 * trained if replicas > 1 else 0.0  # rank 0's AdamW state, copied to go to the driver
     return MemoryEstimate(weights, trained, 2 * trained, model.parameters * reference_bytes / shards, activations,
-                          logits, gathered)
+                          logits, gathered, checkpoint=checkpoint)
 
 
 def vllm_engine_bytes(model: ModelShape, weight_bytes: int, kv_cache_gib: float, memory_share: float,

@@ -176,7 +176,8 @@ def step_memory_estimate(config: TrainConfig, model_path: Path, prompt_tokens: i
         reference_bytes=precision.reference.itemsize if config.kl_coef > 0 and not config.lora_rank else 0,
         trainable_fraction=0.02 if config.lora_rank else 1.0, gradient_checkpointing=config.gradient_checkpointing,
         logprob_chunk_tokens=config.logprob_chunk_tokens, shards=ranks if config.fsdp else 1,
-        activation_bytes=(precision.compute or precision.parameters).itemsize)
+        activation_bytes=(precision.compute or precision.parameters).itemsize,
+        replicas=1 if config.fsdp else ranks)
     if config.rollout_engine == "vllm" and not config.rollout_workers:  # colocated: its weights and cache here
         engine_bytes = 2 if config.dtype in ("bfloat16", "float16") else 4
         estimate = estimate._replace(engine=memory.vllm_engine_bytes(
