@@ -1,5 +1,7 @@
 """The sampling engine against plain `transformers.generate`, stopping rules, reproducibility."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -168,3 +170,24 @@ def test_the_rollout_engines_multiply_in_the_runs_compute_dtype(llama_dir, dtype
         assert seen == {products}
         assert next(each.model.parameters()).dtype == torch.float32  # the weights stay float32
     assert eval_engine is engine
+
+
+def test_every_engine_declares_the_whole_interface(llama_dir):
+    # the trainer calls require_version, load_weights (when holds_weights) and close on any engine, never asking
+    # whether it has them: r1zero's engine answers with no-ops, vLLM's (not importable here) defines them all
+    from r1zero.rollout import RolloutEngine
+    from r1zero.rollout.vllm_engine import VLLMEngine
+
+    model, tokenizer, engine = _setup(llama_dir)
+    assert isinstance(engine, RolloutEngine)
+    assert engine.holds_weights is False and engine.load_seconds == 0.0 and engine.pad_id == tokenizer.pad_token_id
+    before = [p.clone() for p in model.parameters()]
+    engine.load_weights({name: torch.zeros_like(p) for name, p in model.named_parameters()}, 7)
+    engine.require_version(123)
+    engine.close()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing was loaded
+    declared = {name for name in dir(RolloutEngine) if not name.startswith("_")}
+    assert declared >= {"generate", "load_weights", "require_version", "close"}
+    assert declared <= set(dir(VLLMEngine)) | {"pad_id", "holds_weights", "load_seconds"}
+    source = Path(VLLMEngine.__init__.__code__.co_filename).read_text()
+    assert all(f"self.{name} = " in source for name in ("pad_id", "holds_weights", "load_seconds"))

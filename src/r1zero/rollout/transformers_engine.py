@@ -27,6 +27,9 @@ class TransformersEngine:
     `compute` (the --dtype's models.PRECISIONS compute dtype), the forward passes run under autocast to it, as the
     training's own forward passes do: with --dtype bfloat16, sampling multiplies in bfloat16 too."""
 
+    holds_weights = False  # it samples from the policy itself: always the newest weights
+    load_seconds = 0.0
+
     def __init__(self, model, tokenizer, stop_string: str = "</answer>", fast_decode: bool = True,
                  compute: torch.dtype | None = None):
         self.model = model
@@ -45,6 +48,15 @@ class TransformersEngine:
         self.tail_tokens = len(stop_ids) + 2
         self.cache_argument = cache_keyword(model)
         self.last_logits_only = last_logits_only(model)  # the prefill needs the last position's logits only
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """Nothing to load: the policy's own weights are the ones sampled with."""
+
+    def require_version(self, version: int) -> None:
+        """Always the newest: the policy itself."""
+
+    def close(self) -> None:
+        """Nothing of its own to free."""
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
                 uniforms: torch.Tensor | None) -> torch.Tensor:

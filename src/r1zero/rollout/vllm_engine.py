@@ -121,6 +121,7 @@ class VLLMEngine:
         self.stop_string = stop_string
         self.version = -1  # no weights loaded yet
         self.load_seconds = 0.0  # the newest load_weights
+        self.holds_weights = True  # its own copy, loaded after every update
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Load a plain transformers state dict (r1zero.models.plain_state_dict) into the running engine, in
