@@ -103,6 +103,11 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
 
 # ---- setup --------------------------------------------------------------------------------------------------
 
+def prompt_ids(examples, template: str, tokenizer) -> list[list[int]]:
+    """The token ids of each example's prompt in the run's template."""
+    return encode_prompts([example.prompt for example in examples], template, tokenizer)
+
+
 @dataclass
 class Run:
     """Everything a training run holds, built once by start_run; the stages read it and move it on."""
@@ -137,7 +142,7 @@ class Run:
     # evaluation), for the time budget and the ETA
 
     def encode(self, examples) -> list[list[int]]:
-        return encode_prompts([example.prompt for example in examples], self.config.template, self.tokenizer)
+        return prompt_ids(examples, self.config.template, self.tokenizer)
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -213,12 +218,15 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
-    run = Run(config, output_dir, problems, tokenizer, device, policy, reference, critic, engine, eval_engine, scorer,
-              settings, advantage, optimizer, scheduler, sampling, shuffling, monitor, logger,
-              Progress(config.max_steps, start=first_step - 1), [], [], first_step, workers, learners)
-    run.held_out_prompts = run.encode(problems.held_out)
-    if config.eval_out_of_distribution:
-        run.out_of_distribution_prompts = run.encode(problems.out_of_distribution)
+    run = Run(config=config, output_dir=output_dir, problems=problems, tokenizer=tokenizer, device=device,
+              policy=policy, reference=reference, critic=critic, engine=engine, eval_engine=eval_engine,
+              scorer=scorer, settings=settings, advantage=advantage, optimizer=optimizer, scheduler=scheduler,
+              sampling=sampling, shuffling=shuffling, monitor=monitor, logger=logger,
+              progress=Progress(config.max_steps, start=first_step - 1),
+              held_out_prompts=prompt_ids(problems.held_out, config.template, tokenizer),
+              out_of_distribution_prompts=prompt_ids(problems.out_of_distribution, config.template, tokenizer)
+              if config.eval_out_of_distribution else [],
+              first_step=first_step, workers=workers, learners=learners)
     out_of_distribution = (f", {len(run.out_of_distribution_prompts)} out-of-distribution"
                            if run.out_of_distribution_prompts else "")
     run.progress.write(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from "
