@@ -17,7 +17,7 @@ from r1zero.example import Example
 from r1zero.models import load_tokenizer
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.trainer import train
-from r1zero.update import UpdateSettings, pack_rollout, update_plan, update_policy
+from r1zero.update import ONE_PROCESS, UpdateSettings, pack_rollout, update_plan, update_policy
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test module
 pytestmark = pytest.mark.ray  # every test here runs on a local Ray cluster
@@ -34,7 +34,7 @@ def local_cluster():
 
 # ---- data-parallel ranks ---------------------------------------------------------------------------------
 
-def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
+def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=ONE_PROCESS):
     """{aggregation: (weights after one SGD step of lr 1, i.e. the weights minus the gradient; the loss)}. With a
     sharded `parallel`, the model is split with FSDP2 first and the full weights are gathered back."""
     from r1zero.distributed import shard
@@ -42,7 +42,7 @@ def aggregation_updates(model_dir, rollout, plan, aggregations, parallel=None):
     results = {}
     for aggregation in aggregations:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
-        if parallel is not None and parallel.sharded:
+        if parallel.single_pass:  # FSDP
             shard(model)
         config = TrainConfig(prompts_per_step=2, group_size=3, microbatch_size=3, kl_coef=0.1, max_new_tokens=6,
                              loss_aggregation=aggregation, max_grad_norm=0.0)

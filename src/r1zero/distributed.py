@@ -301,11 +301,21 @@ class RolloutWorkers:
 # ---- data-parallel learners -----------------------------------------------------------------------------
 
 class DataParallel:
-    """This process's place in a torch.distributed group, for update.minibatch_steps."""
+    """This process's place in a torch.distributed group, for update.minibatch_steps (update.OneProcess's
+    interface)."""
 
     def __init__(self, rank: int, world: int, sharded: bool = False):
         self.rank, self.world = rank, world
         self.sharded = sharded  # FSDP: gradients are reduced inside the backward; every rank runs every forward
+        self.single_pass = sharded  # FSDP: whole sequences through the root's forward, the same on every rank
+
+    def share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """This rank's slice of a micro-batch's rows. A rank with none skips the micro-batch, except under FSDP,
+        where it runs the first row with zero weight (a ghost): every rank must take part in every collective."""
+        mine = rows.tensor_split(self.world)[self.rank]
+        if len(mine):
+            return mine, False
+        return (rows[:1], True) if self.sharded else None
 
     def sum_over_ranks(self, parameters: list, sums: dict[str, float]) -> dict[str, float]:
         """Sum the `sums` over all ranks and, unless FSDP already reduced them in the backward, every parameter's

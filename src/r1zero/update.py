@@ -317,9 +317,28 @@ class StepTotals(NamedTuple):
 MicroLoss = Callable[[Rollout, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
+class OneProcess:
+    """The update in one process: every row of a micro-batch is this process's, and its sums are already whole.
+    r1zero.distributed.DataParallel is the same interface for rank r of K."""
+
+    single_pass = False  # FSDP ranks run whole sequences through the root's forward (models.completion_logprobs)
+
+    def share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """(the rows of a micro-batch this process works on, whether they are a zero-weight stand-in), or None
+        to skip the micro-batch."""
+        return rows, False
+
+    def sum_over_ranks(self, parameters: list, sums: dict[str, float]) -> dict[str, float]:
+        """The step's gradients and token sums over every process: here, already."""
+        return sums
+
+
+ONE_PROCESS = OneProcess()
+
+
 def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Minibatch], aggregation,
                     max_new_tokens: int, max_grad_norm: float, micro_loss: MicroLoss, sum_names: tuple[str, ...],
-                    mask=lambda rows: rows.token_mask, parallel=None) -> StepTotals:
+                    mask=lambda rows: rows.token_mask, parallel=ONE_PROCESS) -> StepTotals:
     """One optimiser step per minibatch of `plan`, for the policy and for the critic alike.
 
     The aggregation weights are computed once per minibatch over `mask(minibatch)` and sliced for its micro-batches
@@ -327,9 +346,9 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
     micro-batch's loss (a scalar to backpropagate) and its token sums named sum_names. A step whose gradient norm
     or loss is not finite is skipped and never reaches the weights.
 
-    parallel (r1zero.distributed.DataParallel): this process is rank r of K; it works on the r-th of K slices of
-    every micro-batch, then gradients, loss and token sums are summed over the ranks before clipping, so every rank
-    takes the same step as one process would on the whole minibatch."""
+    parallel: OneProcess, or r1zero.distributed.DataParallel when this process is rank r of K: it works on its
+    share of every micro-batch, then gradients, loss and token sums are summed over the ranks before clipping, so
+    every rank takes the same step as one process would on the whole minibatch."""
     totals = dict.fromkeys(("loss", "grad_norm", *sum_names), 0.0)
     optimiser_steps, skipped = 0, 0
     for rows_of_minibatch, micro_positions in plan:
@@ -337,13 +356,11 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
         weights = aggregation(mask(batch), max_new_tokens)  # (M, T)
         optimizer.zero_grad(set_to_none=True)
         sums = dict.fromkeys(("loss", *sum_names), 0.0)
-        for rows in micro_positions:
-            ghost = False  # FSDP: a rank with no rows still runs a forward and backward (the collectives must match)
-            if parallel is not None:
-                share = rows.tensor_split(parallel.world)[parallel.rank]  # this rank's share
-                if not len(share) and not parallel.sharded:
-                    continue
-                rows, ghost = (share, False) if len(share) else (rows[:1], True)
+        for micro_rows in micro_positions:
+            share = parallel.share(micro_rows)
+            if share is None:
+                continue
+            rows, ghost = share  # ghost: FSDP's stand-in row for a rank with no rows (the collectives must match)
             micro = batch.rows(rows).trimmed()
             micro_weights = weights[rows][:, :micro.completion_ids.shape[1]]  # (n, t)
             loss, token_sums = micro_loss(micro, micro_weights * 0 if ghost else micro_weights)
@@ -352,8 +369,7 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
                 sums["loss"] += loss.item()
                 for key, value in token_sums.items():
                     sums[key] += value
-        if parallel is not None:
-            sums = parallel.sum_over_ranks(parameters, sums)
+        sums = parallel.sum_over_ranks(parameters, sums)
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf"))
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
         if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
@@ -387,7 +403,7 @@ class PolicyStats:
 
 
 def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], settings: UpdateSettings,
-                  parallel=None) -> PolicyStats:
+                  parallel=ONE_PROCESS) -> PolicyStats:
     """The policy's optimiser steps (minibatch_steps): per token, settings.policy_loss plus beta x KL when the KL
     is a loss term (the rollout then carries reference log-probabilities); also measures entropy, clip fraction
     and KL per token. parallel: see minibatch_steps."""
@@ -395,7 +411,7 @@ def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], set
     if kl is not None and rollout.ref_logprobs is None:
         raise ValueError("the KL is a loss term, so the rollout needs ref_logprobs (reference_logprobs)")
 
-    single_pass = parallel is not None and parallel.sharded  # FSDP: every rank runs the same forwards
+    single_pass = parallel.single_pass  # FSDP: every rank runs the same forwards
 
     def micro_loss(micro: Rollout, weights: torch.Tensor):
         mask = micro.token_mask  # (n, t)
