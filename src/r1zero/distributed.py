@@ -317,6 +317,10 @@ class DataParallel:
             return mine, False
         return (rows[:1], True) if self.sharded else None
 
+    def whole(self, norm: torch.Tensor) -> torch.Tensor:
+        """FSDP's clip_grad_norm_ returns the norm as a DTensor: its full value."""
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
     def sum_over_ranks(self, parameters: list, sums: dict[str, float]) -> dict[str, float]:
         """Sum the `sums` over all ranks and, unless FSDP already reduced them in the backward, every parameter's
         gradient (in place), in one all-reduce."""

@@ -5,8 +5,9 @@ policy (and, through the same loop, of PPO's critic).
     plan = update_plan(rollout.lengths(), settings, generator, device)
     stats = update_policy(policy, optimizer, rollout, plan, settings)     # a PolicyStats
 
-Nothing here reads a TrainConfig after setup, knows how training is distributed (a DataParallel object is passed
-in, or None), or imports the trainer: the trainer, r1zero.critic and r1zero.distributed all call into it.
+Nothing here reads a TrainConfig after setup, knows how training is distributed (a `parallel` object is passed
+in: OneProcess, or a learner rank's DataParallel), or imports the trainer: the trainer, r1zero.critic and
+r1zero.distributed all call into it.
 
 Shapes: B prompts, G samples per prompt, N = B*G completion rows in group order, P prompt width (left-padded),
 T completion width (right-padded); n, t for a micro-batch's rows and width.
@@ -332,6 +333,10 @@ class OneProcess:
         """The step's gradients and token sums over every process: here, already."""
         return sums
 
+    def whole(self, norm: torch.Tensor) -> torch.Tensor:
+        """The gradient norm clip_grad_norm_ returned, as one plain tensor: here, it is."""
+        return norm
+
 
 ONE_PROCESS = OneProcess()
 
@@ -370,8 +375,7 @@ def minibatch_steps(parameters: list, optimizer, rollout: Rollout, plan: list[Mi
                 for key, value in token_sums.items():
                     sums[key] += value
         sums = parallel.sum_over_ranks(parameters, sums)
-        norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf"))
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+        norm = parallel.whole(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm or float("inf")))
         if not torch.isfinite(norm) or not np.isfinite(sums["loss"]):
             optimizer.zero_grad(set_to_none=True)  # a non-finite step never reaches the weights
             skipped += 1
