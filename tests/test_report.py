@@ -94,6 +94,18 @@ def test_line_chart_points_land_where_the_values_say():
     assert svg.count("<circle") == 3
 
 
+def test_a_monitored_run_without_alerts_says_so_and_recomputes_nothing(tmp_path):
+    # r1zero writes health/alerts (the count) every step, and the alerts list only at a step where one started:
+    # zero alerts recorded is not "not monitored"
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": s, "zero_std_fraction": 1.0, "reward/accuracy": 0.0, "reward/format": 0.5,
+                "health/alerts": 0} for s in range(1, 7)]  # would fire no_learning_signal if recomputed
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = build_report(run)
+    assert "0 alert(s), recorded during training" in page and "no_learning_signal" not in page
+
+
 def test_alerts_are_recomputed_when_training_recorded_none(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

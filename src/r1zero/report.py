@@ -99,11 +99,14 @@ def metric_series(records: list[dict]) -> Series:
 
 def recorded_alerts(records: list[dict]) -> list[dict] | None:
     """Alerts the trainer logged ({"alerts": [{"name", "step", "message"}, ...]} or "alert/<name>": message);
-    None when no record has either key (a run logged without health monitoring)."""
+    None when no record has either key, nor the alert count r1zero logs every step (a run logged without health
+    monitoring). A monitored run in which no alert fired gives []."""
     alerts, seen = [], False
     for record in records:
         for key, value in record.items():
-            if key == names.ALERTS and isinstance(value, list):
+            if key == names.ALERT_COUNT:
+                seen = True
+            elif key == names.ALERTS and isinstance(value, list):
                 seen = True
                 alerts += [{"step": record["step"], **a} for a in value if isinstance(a, dict)]
             elif key.startswith("alert/"):
