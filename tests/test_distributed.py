@@ -341,6 +341,48 @@ def test_a_worker_that_does_not_load_its_weights_in_time_stops_the_run_naming_it
     assert time.time() - started < 60  # not the 300 s the worker would take
 
 
+@ray.remote(num_cpus=0)
+class Once:
+    """Says yes to the first question only, whichever worker asks."""
+
+    def __init__(self):
+        self.left = 1
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left == 0
+
+
+def test_a_rollout_worker_stuck_in_generate_is_replaced_and_the_run_is_unchanged(llama_dir, tmp_path,
+                                                                                length_reward, reference_run,
+                                                                                monkeypatch):
+    # one worker's generate at step 2 never returns (its second call: the first worker to ask hangs); after
+    # rollout_timeout_seconds the worker is killed and replaced, and its prompts are generated again from the
+    # same seeds: the reference run's metrics, one restart recorded at step 2
+    import r1zero.distributed as distributed
+
+    class HangsOnceAtStep2(distributed.RolloutWorker):
+        calls = 0
+
+        def generate(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 2 and ray.get(ray.get_actor("hang-once").take.remote()):
+                time.sleep(300)
+            return super().generate(*args, **kwargs)
+
+    once = Once.options(name="hang-once").remote()
+    monkeypatch.setattr(distributed, "RolloutWorker", HangsOnceAtStep2)
+    started = time.time()
+    train(tiny_run_config(llama_dir, tmp_path, eval_every=2, eval_samples=2, rollout_workers=2,
+                          rollout_timeout_seconds=5, **SHARED))
+    assert time.time() - started < 120  # not the 300 s the stuck worker would take
+    records = read_metrics(tmp_path / "run")
+    assert [r["ray/rollout_worker_restarts"] for r in records if "reward/mean" in r] == [0, 1, 0]
+    assert_same_metrics(records, reference_run)
+    assert ray.get(once.take.remote()) is False  # the hang happened, once
+    ray.kill(once)
+
+
 @pytest.mark.parametrize("first, then", [(dict(train_processes=2, fsdp=True), dict(train_processes=1, fsdp=False)),
                                          (dict(train_processes=1, fsdp=False), dict(train_processes=2, fsdp=True)),
                                          (dict(train_processes=2, fsdp=True), dict(train_processes=2, fsdp=False)),

@@ -35,7 +35,7 @@ from r1zero.health import REFLECTION_WORDS
 RESUME_SETTINGS = ("max_steps", "time_budget_seconds", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
                    "report_to", "project", "run_name", "threads", "rollout_workers", "train_processes", "fsdp",
                    "ray_address", "ray_worker_cpus", "vllm_memory", "vllm_kv_cache_gib",
-                   "weight_sync_timeout_seconds")
+                   "weight_sync_timeout_seconds", "rollout_timeout_seconds")
 # Settings of earlier versions, read from old recipes and run folders as what replaced them.
 RENAMED_SETTINGS = {"tensorboard": lambda on: ("report_to", "tensorboard" if on else "none")}
 
@@ -326,6 +326,11 @@ class TrainConfig:
     weight_sync_timeout_seconds: float = 600.0
     """Longest wait for a rollout worker to load a step's weights; then the run stops with an error naming the
     worker, instead of hanging. A dead worker is replaced at once, whatever this says."""
+    rollout_timeout_seconds: float = 1800.0
+    """Longest wait for a rollout worker's share of a step's rollouts. A worker that has not answered by then is
+    taken as stuck: it is killed and replaced, and its prompts are generated again from the same per-prompt
+    seeds, so the run's numbers do not change (at most 3 times a step, as for a worker that dies). 0: wait as long
+    as it takes."""
 
     # ---- checkpoints and failures ---------------------------------------------------------------
     checkpoint_every: int = 40
@@ -386,7 +391,7 @@ class TrainConfig:
                         "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds",
                         "value_clip", "critic_warmup_steps", "lora_rank", "overlong_buffer",
                         "overlong_penalty_factor", "temperature", "kl_coef", "vllm_kv_cache_gib",
-                        "vllm_max_model_len", "logprob_chunk_tokens")
+                        "vllm_max_model_len", "logprob_chunk_tokens", "rollout_timeout_seconds")
         problems = [f"{name}: must be > 0, got {getattr(self, name)}" for name in positive if getattr(self, name) <= 0]
         problems += [f"{name}: must be >= 0, got {getattr(self, name)}" for name in non_negative
                      if getattr(self, name) < 0]

@@ -215,6 +215,7 @@ class RolloutWorkers:
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
                      str(device), vllm, PRECISIONS[config.dtype].compute)
         self.sync_timeout = config.weight_sync_timeout_seconds
+        self.rollout_timeout = config.rollout_timeout_seconds or None  # 0: no limit
         self.workers = [self.actor.remote(*self.spec) for _ in range(count)]
         self.version = -1
         self.weights = None  # ObjectRef of the newest published weights
@@ -250,7 +251,8 @@ class RolloutWorkers:
         pending = {index: call(self.workers[index]) for index, call in calls.items()}  # all blocks run at once
         generations = []
         for index in range(len(blocks)):
-            version, generation = self._retrying(index, calls[index], pending[index])
+            version, generation = self._retrying(index, calls[index], pending[index], self.rollout_timeout,
+                                                 replace_when_late=True)
             if version != self.version:
                 raise StaleRolloutError(f"rollout worker {index} generated with policy version {version}, but version "
                                         f"{self.version} was published; its rollout is not used")
@@ -259,30 +261,38 @@ class RolloutWorkers:
         return Generation([row for g in generations for row in g.completions],
                           [flag for g in generations for flag in g.stopped], logprobs)
 
-    def _retrying(self, index: int, call, pending=None, timeout: float | None = None):
-        """The result of call(worker index), replacing the worker and calling again when its process dies; a
-        RuntimeError when it has not answered within `timeout` seconds (weight loads)."""
+    def _retrying(self, index: int, call, pending=None, timeout: float | None = None, replace_when_late=False):
+        """The result of call(worker index), replacing the worker and calling again when its process dies, or
+        (replace_when_late: rollouts) when it has not answered within `timeout` seconds; without
+        replace_when_late (weight loads) a late answer is a RuntimeError."""
         from ray.exceptions import GetTimeoutError, RayActorError
 
         for attempt in range(RESTARTS_PER_SHARE + 1):
             try:
                 return self.ray.get(pending if pending is not None else call(self.workers[index]), timeout=timeout)
             except GetTimeoutError:
-                raise RuntimeError(f"rollout worker {index} did not load the weights of version {self.version} within "
-                                   f"weight_sync_timeout_seconds ({timeout:g} s); it is stuck or its node is "
-                                   f"overloaded. Raise weight_sync_timeout_seconds for very large models, or look at "
-                                   f"the worker's log (ray logs)") from None
+                if not replace_when_late:
+                    raise RuntimeError(f"rollout worker {index} did not load the weights of version {self.version} "
+                                       f"within weight_sync_timeout_seconds ({timeout:g} s); it is stuck or its node "
+                                       f"is overloaded. Raise weight_sync_timeout_seconds for very large models, or "
+                                       f"look at the worker's log (ray logs)") from None
+                if attempt == RESTARTS_PER_SHARE:
+                    raise RuntimeError(f"rollout worker {index} did not return its rollouts within "
+                                       f"rollout_timeout_seconds ({timeout:g} s) {attempt + 1} times in one step; "
+                                       f"raise it for long generations, or look at the workers' logs (ray logs)"
+                                       ) from None
             except RayActorError as error:  # the actor died (ActorDiedError) or its node is gone
                 if attempt == RESTARTS_PER_SHARE:
                     raise RuntimeError(f"rollout worker {index} died {attempt + 1} times in one step; last: "
                                        f"{error}") from None
-                self.ray.kill(self.workers[index], no_restart=True)
-                self.workers[index] = self.actor.remote(*self.spec)
-                self.restarts += 1
-                if self.weights is not None:
-                    self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
-                                 timeout=self.sync_timeout)
-                pending = None
+            # dead, or stuck past its time: a new worker with the newest weights takes its share again
+            self.ray.kill(self.workers[index], no_restart=True)
+            self.workers[index] = self.actor.remote(*self.spec)
+            self.restarts += 1
+            if self.weights is not None:
+                self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
+                             timeout=self.sync_timeout)
+            pending = None
 
     def take_restarts(self) -> int:
         """Workers replaced since the last call."""
