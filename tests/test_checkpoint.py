@@ -415,7 +415,7 @@ def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_
 def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learning_rate(llama_dir, tmp_path):
     # the sharded format in one process (FSDP ranks write the same files, one a rank): every moment and step count
     # comes back exactly, and the learning rate the schedule set before loading stays
-    from r1zero.checkpoint import load_optimizer_shards, save_optimizer_shards
+    from r1zero.checkpoint import load_optimizer_shards, missing_shards, save_optimizer_shards
 
     def trained(steps):
         torch.manual_seed(0)
@@ -429,7 +429,7 @@ def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learnin
 
     model, optimizer = trained(3)
     save_optimizer_shards(model, optimizer, str(tmp_path / "optimizer"))
-    assert (tmp_path / "optimizer" / ".metadata").is_file()
+    assert missing_shards(tmp_path / "optimizer") == []  # the index and the one file it names
     fresh, fresh_optimizer = trained(0)
     fresh.load_state_dict(model.state_dict())
     fresh_optimizer.param_groups[0]["lr"] = 5e-3  # the driver's schedule, restored before the shards
@@ -441,3 +441,8 @@ def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learnin
         assert float(moments["step"]) == 3.0 == float(loaded[index]["step"])
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(loaded[index][key], moments[key]) and moments[key].abs().max() > 0
+    # a shard file the index names, gone (a rank that wrote elsewhere): named; so is a missing index
+    (tmp_path / "optimizer" / "__0_0.distcp").unlink()
+    assert missing_shards(tmp_path / "optimizer") == ["__0_0.distcp"]
+    (tmp_path / "optimizer" / ".metadata").unlink()
+    assert missing_shards(tmp_path / "optimizer") == [".metadata"]

@@ -149,9 +149,10 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer,
     torch.save(fields, staging / STATE_FILE)
     if write_shards is not None:
         write_shards(staging / SHARDS_FOLDER)
-        if not (staging / SHARDS_FOLDER / ".metadata").is_file():
-            raise CheckpointError(f"{staging / SHARDS_FOLDER}: the learner ranks wrote no .metadata; with ranks on "
-                                  f"several machines the output folder must be on a file system they all see")
+        if missing := missing_shards(staging / SHARDS_FOLDER):
+            raise CheckpointError(f"{staging / SHARDS_FOLDER}: the learner ranks' files {', '.join(missing)} are not "
+                                  f"there; with ranks on several machines the output folder must be on a file system "
+                                  f"they all see")
     for path in [*sorted(staging.rglob("*"), reverse=True), staging]:  # on disk before the rename shows it
         _fsync(path)
     if folder.exists():  # the same step saved again: move the old one out of the way first
@@ -175,6 +176,19 @@ def save_optimizer_shards(model, optimizer, folder: str) -> None:
         warnings.filterwarnings("ignore", "torch.distributed is disabled")
         dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=folder,
                  no_dist=not dist.is_initialized())
+
+
+def missing_shards(folder: Path) -> list[str]:
+    """The files of a sharded optimiser state that are not in `folder`: .metadata, or any file its index names."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (folder / ".metadata").is_file():
+        return [".metadata"]
+    try:
+        files = {item.relative_path for item in FileSystemReader(str(folder)).read_metadata().storage_data.values()}
+    except Exception:  # a damaged index: pickle and format errors alike  # noqa: BLE001
+        return [".metadata (unreadable)"]
+    return sorted(name for name in files if not (folder / name).is_file())
 
 
 def load_optimizer_shards(model, optimizer, folder: str) -> None:
@@ -246,10 +260,9 @@ def load_checkpoint(folder: str | Path) -> TrainingState:
         raise CheckpointError(f"{state_path}: fields {sorted(set(fields) ^ expected)} missing or unexpected; "
                               f"{advice}")
     shards = folder / SHARDS_FOLDER
-    if fields.get("optimizer_shards") and not ((shards / ".metadata").is_file() and
-                                               len(list(shards.glob("*.distcp"))) >= 1):
+    if fields.get("optimizer_shards") and (missing := missing_shards(shards)):
         raise CheckpointError(f"{shards}: the optimiser's shards ({fields['optimizer_shards']} ranks wrote them) "
-                              f"are missing or incomplete (no .metadata or no .distcp file); {advice}")
+                              f"are incomplete, {', '.join(missing)} missing; {advice}")
     return TrainingState(**fields)
 
 

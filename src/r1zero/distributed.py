@@ -269,6 +269,9 @@ class RolloutWorkers:
 
         for attempt in range(RESTARTS_PER_SHARE + 1):
             try:
+                if attempt:  # the worker died, or was stuck past its time: a new one with the newest weights
+                    self._replace(index)
+                    pending = None
                 return self.ray.get(pending if pending is not None else call(self.workers[index]), timeout=timeout)
             except GetTimeoutError:
                 if not replace_when_late:
@@ -285,14 +288,15 @@ class RolloutWorkers:
                 if attempt == RESTARTS_PER_SHARE:
                     raise RuntimeError(f"rollout worker {index} died {attempt + 1} times in one step; last: "
                                        f"{error}") from None
-            # dead, or stuck past its time: a new worker with the newest weights takes its share again
-            self.ray.kill(self.workers[index], no_restart=True)
-            self.workers[index] = self.actor.remote(*self.spec)
-            self.restarts += 1
-            if self.weights is not None:
-                self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
-                             timeout=self.sync_timeout)
-            pending = None
+
+    def _replace(self, index: int) -> None:
+        """Kill worker `index` and start a new one with the newest weights (a timeout here is the new worker's)."""
+        self.ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self.actor.remote(*self.spec)
+        self.restarts += 1
+        if self.weights is not None:
+            self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
+                         timeout=self.sync_timeout)
 
     def take_restarts(self) -> int:
         """Workers replaced since the last call."""
@@ -559,7 +563,8 @@ class Learners:
         host, port = self._get([self.ranks[0].address.remote()])[0]
         state = {"state": {}, "param_groups": optimizer.state_dict()["param_groups"]} if shards else \
             optimizer.state_dict()
-        self._get([rank.join.remote(host, port, state, str(shards) if shards else None) for rank in self.ranks])
+        shards = str(Path(shards).resolve()) if shards else None  # ranks may not share the driver's directory
+        self._get([rank.join.remote(host, port, state, shards) for rank in self.ranks])
 
     def update(self, rollout, plan, learning_rate: float, policy):
         """One update on every rank; the new weights are loaded into `policy` (the driver's copy). Returns rank 0's
@@ -593,7 +598,7 @@ class Learners:
     def save_optimizer(self, folder: Path) -> None:
         """FSDP: every rank writes its shards of the optimiser state into `folder` (save_optimizer_shards). With
         ranks on several machines, `folder` must be on a file system they all see."""
-        self._get([rank.save_optimizer.remote(str(folder)) for rank in self.ranks])
+        self._get([rank.save_optimizer.remote(str(Path(folder).resolve())) for rank in self.ranks])
 
     def optimizer_state(self, schedule) -> dict:
         """Rank 0's optimiser state (replicated ranks) with the learning rates of `schedule`, the driver's

@@ -214,6 +214,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
     if config.train_processes > 1:  # with FSDP the reference moves to the ranks, sharded
         learners = distributed.Learners(config.train_processes, policy, optimizer, config, settings, device,
                                         reference_on_ranks(config), reference, shards if sharded_ranks else None)
+        optimizer.state.clear()  # the ranks hold AdamW's state now; this optimizer carries only the schedule
         reference = None if reference_on_ranks(config) else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
