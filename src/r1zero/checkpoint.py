@@ -164,18 +164,24 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model, tokenizer,
     return folder
 
 
+def _with_dcp(operation, state: dict, folder: str) -> None:
+    """torch.distributed.checkpoint's save or load of `state` at `folder`: across the process group when there is
+    one, else in this process alone (whose notice that it assumes so is silenced: that is what is meant)."""
+    import torch.distributed as dist
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        operation(state, checkpoint_id=folder, no_dist=not dist.is_initialized())
+
+
 def save_optimizer_shards(model, optimizer, folder: str) -> None:
     """This process's part of the optimiser state, keyed by parameter name, into `folder` with
     torch.distributed.checkpoint (DCP): on FSDP ranks each writes its own shards (every rank calls this together;
     rank 0 also writes the index, .metadata), so nothing is gathered anywhere."""
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    with warnings.catch_warnings():  # one process (no process group) is meant: DCP's notice says nothing more
-        warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=folder,
-                 no_dist=not dist.is_initialized())
+    _with_dcp(dcp.save, {"optimizer": get_optimizer_state_dict(model, optimizer)}, folder)
 
 
 def missing_shards(folder: Path) -> list[str]:
@@ -196,15 +202,12 @@ def load_optimizer_shards(model, optimizer, folder: str) -> None:
     of its own shards (from any number of ranks that wrote them: DCP reshards), one process without FSDP the whole
     state. Only the moments and step counts are read: the optimiser's hyperparameters (the learning rate the
     schedule set) stay as they are."""
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     current = get_optimizer_state_dict(model, optimizer)  # zero moments of the right shapes, keyed by name
     moments = {"optimizer": {"state": current["state"]}}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "torch.distributed is disabled")
-        dcp.load(moments, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    _with_dcp(dcp.load, moments, folder)
     set_optimizer_state_dict(model, optimizer, {"state": moments["optimizer"]["state"],
                                                 "param_groups": current["param_groups"]})
 

@@ -321,7 +321,11 @@ class DataParallel:
     def __init__(self, rank: int, world: int, sharded: bool = False):
         self.rank, self.world = rank, world
         self.sharded = sharded  # FSDP: gradients are reduced inside the backward; every rank runs every forward
-        self.single_pass = sharded  # FSDP: whole sequences through the root's forward, the same on every rank
+
+    @property
+    def single_pass(self) -> bool:
+        """FSDP: whole sequences through the root's forward, the same on every rank."""
+        return self.sharded
 
     def share(self, rows: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
         """This rank's slice of a micro-batch's rows. A rank with none skips the micro-batch, except under FSDP,
@@ -442,7 +446,7 @@ class LearnerRank:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def join(self, host: str, port: int, optimizer_state: dict, shards: str | None = None) -> None:
+    def join(self, host: str, port: int, optimizer_state: dict | None, shards: str | None = None) -> None:
         """Enter the process group; with FSDP shard the models; make AdamW and load its state: from the folder
         `shards` (a sharded checkpoint's, load_optimizer_shards), or `optimizer_state` (numbered, as
         optimizer.state_dict() gives it)."""
@@ -561,8 +565,7 @@ class Learners:
         self.sharded_reference = shard_reference
         self.ranks = [actor.remote(rank, world, spec, arrays, reference_arrays) for rank in range(world)]
         host, port = self._get([self.ranks[0].address.remote()])[0]
-        state = {"state": {}, "param_groups": optimizer.state_dict()["param_groups"]} if shards else \
-            optimizer.state_dict()
+        state = None if shards else optimizer.state_dict()  # with shards, the ranks read their own
         shards = str(Path(shards).resolve()) if shards else None  # ranks may not share the driver's directory
         self._get([rank.join.remote(host, port, state, shards) for rank in self.ranks])
 
