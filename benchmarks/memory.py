@@ -265,7 +265,7 @@ class StepTimer(TrainerCallback):
 args = GRPOConfig(output_dir=sys.argv[5], per_device_train_batch_size=prompts * GROUP, num_generations=GROUP,
                   max_completion_length=new_tokens, temperature=1.0, top_k=0, top_p=1.0, beta=BETA, num_iterations=1,
                   steps_per_generation=1, learning_rate=1e-6, max_steps=2, logging_steps=1, report_to="none",
-                  use_cpu=True, save_strategy="no", shuffle_dataset=False, warmup_steps=0,
+                  use_cpu=True, bf16=False, save_strategy="no", shuffle_dataset=False, warmup_steps=0,
                   lr_scheduler_type="constant", reward_weights=[1.0, 0.5], disable_tqdm=True,
                   gradient_checkpointing=True)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
