@@ -54,7 +54,7 @@ def test_bad_recipes_name_the_problem(tmp_path, yaml_text, message):
     ({"group_size": 1}, "needs group_size >= 2"),
     ({"dataset": "nowhere.jsonl"}, "dataset: file not found: nowhere.jsonl"),
     ({"model": "no/such/folder"}, "not a Hugging Face model folder"),
-    ({"task": "poetry"}, "task: 'poetry' is not one of code, countdown, sums"),
+    ({"task": "poetry"}, "task: 'poetry' is not one of code, countdown, pair_sums, sums"),
     ({"kl_coef": -1.0}, "kl_coef: must be >= 0"),
     ({"logprob_chunk_tokens": -5}, "logprob_chunk_tokens: must be >= 0"),
 ])

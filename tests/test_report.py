@@ -14,7 +14,7 @@ import pytest
 
 from r1zero.cli import main
 from r1zero.config import TrainConfig, to_yaml
-from r1zero.report import CHARTS, build_report, line_chart, write_report
+from r1zero.report import CHARTS, TOOL_CHART, build_report, line_chart, read_metrics, write_report
 from r1zero.trainer import train
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -67,8 +67,9 @@ def test_report_holds_every_section_and_escapes_model_output(tmp_path):
     page = build_report(_synthetic_run(tmp_path / "run"))
     assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page.lower() and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    # one chart per CHARTS entry, all with data: 12 SVGs; the rewards chart has its 3 components in its legend
-    assert page.count("<svg") == len(CHARTS) == 12
+    # one chart per CHARTS entry but the tool chart (a run without tools), all with data: 12 SVGs; the rewards
+    # chart has its 3 components in its legend
+    assert page.count("<svg") == len(CHARTS) - 1 == 12 and TOOL_CHART not in page
     rewards_figure = page[page.index("Rewards (training batch)"):page.index("Held-out accuracy")]
     assert [name for name in ("reward/mean", "reward/accuracy", "reward/format") if name in rewards_figure] == [
         "reward/mean", "reward/accuracy", "reward/format"]
@@ -164,3 +165,27 @@ def test_report_renders_in_headless_chromium(tmp_path):
         problems = [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line
                     or "Refused to" in line]
         assert problems == [], problems
+
+
+def test_a_run_with_tools_gets_the_tool_chart_and_each_samples_calls(tmp_path):
+    folder = _synthetic_run(tmp_path / "run")
+    metrics = folder / "metrics.jsonl"
+    records = read_metrics(metrics)  # (the synthetic file ends with a line cut short: dropped here)
+    for record in records:
+        if "reward/mean" in record:
+            record |= {"tools/calls_mean": 0.02 * record["step"], "tools/completions_with_call": 0.01 * record["step"],
+                       "tools/error_rate": 0.1, "tools/timeout_rate": 0.0, "tools/void_turn_rate": 0.05,
+                       "tools/seconds": 0.3}
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for path in (folder / "samples").iterdir():
+        samples = [json.loads(line) for line in path.read_text().splitlines()]
+        for sample in samples:
+            sample["tool_calls"] = ["ok", "timeout"] if sample["problem_id"].endswith("0") else []
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    page = build_report(folder)
+    assert page.count("<svg") == len(CHARTS) == 13 and TOOL_CHART in page
+    chart = page[page.index(TOOL_CHART):]
+    chart = chart[:chart.index("</figure>")]
+    assert all(key in chart for key in ("tools/calls_mean", "tools/completions_with_call", "tools/void_turn_rate"))
+    assert "tools/seconds" not in chart  # seconds are not a share: not on this chart
+    assert "<th>tool calls (status)</th>" in page and "<td>ok, timeout</td>" in page and "<td>none</td>" in page

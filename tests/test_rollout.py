@@ -23,7 +23,7 @@ def test_greedy_matches_transformers_generate_with_shared_prefill_and_dropped_ro
     prompts = [tokenizer(build_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
     result = engine.generate(prompts, samples_per_prompt=2, max_new_tokens=12, temperature=0.0)
     assert len(result.completions) == 6
-    stop_ids = sorted(engine.eos_ids | {engine.stop_token})
+    stop_ids = sorted(engine.eos_ids | {tokenizer.convert_tokens_to_ids("</answer>")})
     for row, completion in enumerate(result.completions):
         prompt = prompts[row // 2]
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,

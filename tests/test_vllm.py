@@ -291,3 +291,33 @@ def test_the_default_run_learns_with_vllm_rollouts(tmp_path):
     train(TrainConfig(output_dir=str(tmp_path / "run"), rollout_engine="vllm", report_to=["none"]))
     evaluations = [r for r in read_metrics(tmp_path / "run") if "eval/pass@1" in r]
     assert evaluations[-1]["eval/pass@1"] - evaluations[0]["eval/pass@1"] >= 0.30
+
+
+# ---- vLLM with tool calls ----------------------------------------------------------------------------------
+
+@needs_vllm
+def test_with_tools_vllm_gives_r1zeros_greedy_turns_and_outputs():
+    # The tool model, prompted like its corpus's tool notes ("Let us add 47 and 85 ."), writes a call greedily;
+    # both engines must then run the same calls and continue from the same token ids to the same completions.
+    from r1zero.models import SHIPPED_TOOLS_MODEL
+    from r1zero.rollout.tool_use import ToolSettings, ToolUse
+    from r1zero.rollout.transformers_engine import TransformersEngine
+    from r1zero.rollout.vllm_engine import VLLMEngine, VLLMSettings
+
+    tokenizer = load_tokenizer(SHIPPED_TOOLS_MODEL)
+    policy = load_model(SHIPPED_TOOLS_MODEL, torch.float32, torch.device("cpu"), trainable=True)
+    prompts = [tokenizer(f"Let us add {a} and {b} .", add_special_tokens=False)["input_ids"]
+               for a, b in [(47, 85), (12, 45), (91, 99), (61, 23)]]
+    settings = ToolSettings(output_tokens=8, max_calls=2)
+    own = ToolUse(TransformersEngine(policy, tokenizer, STOP_STRING), tokenizer, settings).generate(prompts, 1, 40, 0.0)
+    vllm = VLLMEngine(policy.config, policy.generation_config, tokenizer,
+                      VLLMSettings(512, 0.3, 0.0, True, "float32", 0), torch.device("cpu"), STOP_STRING)
+    try:
+        vllm.load_weights(plain_state_dict(policy), 0)
+        theirs = ToolUse(vllm, tokenizer, settings).generate(prompts, 1, 40, 0.0)
+    finally:
+        vllm.close()
+    assert theirs.completions == own.completions and theirs.sampled_mask == own.sampled_mask
+    assert [[c.status for c in row] for row in theirs.tool_calls] == [[c.status for c in row] for row in own.tool_calls]
+    assert all(row and row[0].status == "ok" for row in own.tool_calls)  # every row did call, and the call ran
+    assert all(len(values) == len(c) for values, c in zip(theirs.logprobs, theirs.completions))

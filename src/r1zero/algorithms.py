@@ -147,6 +147,11 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
     token, minus a KL penalty per token when it is folded into the reward). Padding gets 0 and never leaks
     into real positions, whatever values or rewards it holds. lam = 1 makes A_t the reward-to-go minus V_t
     (Monte Carlo); lam = 0 the one-step TD error.
+
+    The recursion steps over masked positions: t+1 above is the next position whose mask is 1. So a tool's
+    output inside a completion (mask 0 there) is not a step of the episode: the sampled token before it
+    bootstraps from the value of the first sampled token after it, and the output gets 0. On right padding this
+    is the plain recursion (nothing follows the last real token).
     """
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gae needs 0 <= gamma <= 1 and 0 <= lam <= 1, got gamma={gamma}, lam={lam}")
@@ -158,7 +163,9 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
     for t in reversed(range(values.shape[1])):
         delta = token_rewards[:, t] + gamma * next_value - values[:, t]  # (N,)
         advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
-        next_value, next_advantage = values[:, t], advantages[:, t]  # both 0 on padding
+        real = mask[:, t] > 0  # (N,) a masked position passes the next real token's numbers on unchanged
+        next_value = torch.where(real, values[:, t], next_value)
+        next_advantage = torch.where(real, advantages[:, t], next_advantage)
     return GAE(advantages=advantages, returns=(advantages + values) * mask)
 
 
@@ -201,12 +208,13 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 
 def outcome_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
-    """Put each sequence's scalar reward (N,) on its last real token: (N, T), 0 elsewhere. A row with no
-    tokens gets nothing (no position to hold it)."""
-    lengths = mask.sum(dim=1).long()  # (N,)
+    """Put each sequence's scalar reward (N,) on its last real token (the last position whose mask is 1, also when
+    the mask has holes): (N, T), 0 elsewhere. A row with no tokens gets nothing (no position to hold it)."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)  # (T,) 1-based
+    last = ((mask > 0) * positions).amax(dim=1) - 1  # (N,) -1 for an empty row
     token_rewards = torch.zeros_like(mask, dtype=rewards.dtype)  # (N, T)
-    rows = torch.nonzero(lengths > 0).squeeze(-1)
-    token_rewards[rows, lengths[rows] - 1] = rewards[rows]
+    rows = torch.nonzero(last >= 0).squeeze(-1)
+    token_rewards[rows, last[rows]] = rewards[rows]
     return token_rewards
 
 

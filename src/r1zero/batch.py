@@ -22,6 +22,7 @@ import torch
 from r1zero.algorithms import informative_groups, overlong_penalty
 from r1zero.example import Example
 from r1zero.rewards import RewardBatch
+from r1zero.rollout import model_text
 
 OVERLONG = "overlong"  # the reward component DAPO's length penalty is logged as
 
@@ -46,6 +47,16 @@ class StepBatch:
     counts: dict[str, float] = field(default_factory=dict)  # dynamic sampling: rounds, kept and filled groups
     engine_logprobs: list[list[float]] | None = None  # (N,) the engine's log-probability of each sampled token
     # (vLLM), or None (r1zero's engine: it samples from the policy itself)
+    sampled_mask: list[list[int]] | None = None  # (N,) per completion token: 1 sampled, 0 a tool's output; None:
+    # no tools
+    tool_calls: list[list] | None = None  # (N,) each completion's r1zero.tools.ToolCall list; None: no tools
+    tool_seconds: float = 0.0  # wall time generation waited for the tools
+
+    def sampled_lengths(self) -> list[int]:
+        """(N,) tokens the policy sampled in each completion (tool output not counted)."""
+        if self.sampled_mask is None:
+            return [len(completion) for completion in self.completions]
+        return [sum(mask) for mask in self.sampled_mask]
 
     def reward_matrix(self, group_size: int) -> torch.Tensor:
         """(B, G) total rewards."""
@@ -61,9 +72,11 @@ class StepBatch:
             reasons={name: pick(values) for name, values in self.rewards.reasons.items()},
             health=self.rewards.health,
         )
+        maybe = lambda values: None if values is None else pick(values)  # noqa: E731
         return StepBatch([self.examples[g] for g in groups], [self.prompts[g] for g in groups], pick(self.completions),
                          pick(self.stopped), pick(self.texts), rewards, dict(self.counts),
-                         None if self.engine_logprobs is None else pick(self.engine_logprobs))
+                         maybe(self.engine_logprobs), maybe(self.sampled_mask), maybe(self.tool_calls),
+                         self.tool_seconds)
 
 
 def concatenate(batches: list[StepBatch]) -> StepBatch:
@@ -80,29 +93,34 @@ def concatenate(batches: list[StepBatch]) -> StepBatch:
         reasons={n: [x for b in batches for x in b.rewards.reasons[n]] for n in first.rewards.reasons},
         health=health,
     )
-    engine_logprobs = None if first.engine_logprobs is None else joined("engine_logprobs")
+    maybe = lambda name: None if getattr(first, name) is None else joined(name)  # noqa: E731
     return StepBatch(joined("examples"), joined("prompts"), joined("completions"), joined("stopped"), joined("texts"),
-                     rewards, engine_logprobs=engine_logprobs)
+                     rewards, engine_logprobs=maybe("engine_logprobs"), sampled_mask=maybe("sampled_mask"),
+                     tool_calls=maybe("tool_calls"), tool_seconds=sum(batch.tool_seconds for batch in batches))
 
 
 def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, seeds: list[int]) \
         -> StepBatch:
     """Generate G completions for each example (prompt b sampled with seeds[b]) and score them; with
-    overlong_buffer > 0 the DAPO length penalty (times overlong_penalty_factor) is added to each total and logged
-    as the component "overlong"."""
+    overlong_buffer > 0 the DAPO length penalty (times overlong_penalty_factor, on the tokens the policy sampled)
+    is added to each total and logged as the component "overlong". With tools the rewards read what the model
+    wrote, without the tools' output (r1zero.rollout.model_text); `texts` keep the whole completion."""
     prompts = encode(examples)
     generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, seeds=seeds)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
-    rewards = scorer(texts, [e for e in examples for _ in range(config.group_size)])
+    masks = generation.sampled_mask or [None] * len(texts)
+    written = [model_text(tokenizer, c, m) for c, m in zip(generation.completions, masks)]
+    rewards = scorer(written, [e for e in examples for _ in range(config.group_size)])
     if config.overlong_buffer:
-        lengths = torch.tensor([len(c) for c in generation.completions])
+        lengths = torch.tensor([len(c) if m is None else sum(m) for c, m in zip(generation.completions, masks)])
         penalty = (overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer)
                    * config.overlong_penalty_factor).tolist()
         rewards = rewards._replace(total=[t + p for t, p in zip(rewards.total, penalty)],
                                    components={**rewards.components, OVERLONG: penalty},
                                    reasons={**rewards.reasons, OVERLONG: [""] * len(penalty)})
     return StepBatch(list(examples), prompts, list(generation.completions), list(generation.stopped), texts, rewards,
-                     engine_logprobs=generation.logprobs)
+                     engine_logprobs=generation.logprobs, sampled_mask=generation.sampled_mask,
+                     tool_calls=generation.tool_calls, tool_seconds=generation.tool_seconds)
 
 
 def collect_batch(problems, encode, engine, scorer, tokenizer, config, step: int) -> StepBatch:

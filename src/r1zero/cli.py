@@ -102,13 +102,16 @@ def command_eval(args: argparse.Namespace) -> int:
     from r1zero.evaluation import evaluate, plain_metrics
     from r1zero.models import load_model, load_tokenizer, resolve_device, resolve_model_path
     from r1zero.preflight import check_settings
+    from r1zero.rollout.tool_use import tool_settings, with_tools
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.tasks import load_problems
-    from r1zero.templates import STOP_STRING, encode_prompts
+    from r1zero.templates import STOP_STRING, encode_prompts, tool_sentence
 
     task = args.task or "sums"
-    check_settings(TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None,
-                               eval_samples=args.samples, max_new_tokens=args.max_new_tokens, template=args.template))
+    config = TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None, eval_samples=args.samples,
+                         max_new_tokens=args.max_new_tokens, template=args.template, tools=args.tools,
+                         max_tool_calls=args.max_tool_calls, tool_output_tokens=args.tool_output_tokens)
+    check_settings(config)
     data = dict(prompt_field=args.prompt_field, answer_field=args.answer_field, answer_format=args.answer_format,
                 dataset_reward=args.dataset_reward)
     problems = load_problems(task, None, args.dataset, args.problems, args.seed) if args.dataset is None \
@@ -116,8 +119,9 @@ def command_eval(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path, "float32", resolve_device(args.device), trainable=False)
-    engine = TransformersEngine(model, tokenizer, STOP_STRING)
-    prompts = encode_prompts([example.prompt for example in problems.held_out], args.template, tokenizer)
+    engine = with_tools(TransformersEngine(model, tokenizer, STOP_STRING), tokenizer, tool_settings(config))
+    prompts = encode_prompts([example.prompt for example in problems.held_out], args.template, tokenizer,
+                             tool_sentence() if args.tools != "none" else "")
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     evaluation = evaluate(engine, tokenizer, prompts, problems.held_out, problems.accuracy_reward, args.samples,
                           args.temperature, args.max_new_tokens, generator)
@@ -153,9 +157,11 @@ def command_score(args: argparse.Namespace) -> int:
 
 
 def command_pretrain(args: argparse.Namespace) -> int:
-    from r1zero.pretrain import PretrainSettings, pretrain
+    import dataclasses
 
-    settings = PretrainSettings(**({"steps": args.steps} if args.steps else {}))
+    from r1zero.pretrain import SETTINGS, pretrain
+
+    settings = dataclasses.replace(SETTINGS[args.corpus], **({"steps": args.steps} if args.steps else {}))
     pretrain(args.output_dir, settings)
     print(f"saved {args.output_dir}")
     return 0
@@ -187,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument("--template", default="r1_zero")
+    evaluate.add_argument("--tools", default="none", choices=("none", "python"),
+                          help="python: the model may run Python, as in training with --tools python (the template "
+                               "says so in one sentence; default markers)")
+    evaluate.add_argument("--max-tool-calls", type=int, default=4)
+    evaluate.add_argument("--tool-output-tokens", type=int, default=64)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output", help="write the metrics JSON here, and every sample to "
@@ -217,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="rebuild the built-in base model from its synthetic corpus")
     pre.add_argument("--output-dir", default="base-model")
     pre.add_argument("--steps", type=int, default=0, help="optimiser steps (0: the shipped model's schedule)")
+    pre.add_argument("--corpus", default="sums", choices=("sums", "tools"),
+                     help="sums: the built-in model (builtin); tools: the tool model (builtin-tools, for --tools python)")
     pre.set_defaults(run=command_pretrain)
     return parser
 

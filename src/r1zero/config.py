@@ -69,7 +69,9 @@ class TrainConfig:
 
     # ---- model and prompt -----------------------------------------------------------------------
     model: str = "builtin"
-    """"builtin" (r1zero's own small base model, shipped with the package) or a local Hugging Face model folder."""
+    """"builtin" (r1zero's own small base model, shipped with the package), "builtin-tools" (its sibling that has
+    seen Python calls, for task pair_sums with tools python: recipes/tools.yaml) or a local Hugging Face model
+    folder."""
     template: str = "r1_zero"
     """"r1_zero": the DeepSeek-R1-Zero prompt, word for word (base models). "chat": the model's own chat template
     with the same instruction as system message (instruct models)."""
@@ -105,6 +107,37 @@ class TrainConfig:
     """Longest completion; longer ones are cut (and rarely earn the format reward)."""
     temperature: float = 1.0
     """Sampling temperature for training rollouts and for eval pass@1."""
+
+    # ---- tools: multi-turn rollouts (r1zero.rollout.tool_use, docs/tools.md) ----------------------
+    tools: str = "none"
+    """"python": the model may run Python mid-reasoning. A row stops at tool_call_end; the code since the last
+    tool_call_start runs in r1zero's sandbox (a fresh process, no network, the code reward's limits) and what it
+    printed (or its error) goes into the completion as token ids between tool_output_start and tool_output_end,
+    masked out of the loss; then the row samples on. "none": one turn per completion."""
+    max_tool_calls: int = 4
+    """Calls run per completion; the first call past it is answered "(not run ...)" and later end markers are
+    plain text. A completion is at most max_new_tokens sampled tokens plus (max_tool_calls + 1) x
+    (tool_output_tokens + the output markers' tokens) of tool output."""
+    tool_output_tokens: int = 64
+    """Tokens of a call's output shown to the model (stdout, or the last lines of its error); the rest is cut."""
+    tool_timeout_seconds: float = 2.0
+    """Wall-clock limit of one call; its process group is killed then, and the model is shown what it printed and
+    that it ran out of time."""
+    tool_prompt: bool = True
+    """With tools: one sentence added to the template's instruction saying that the model may run Python between
+    the call markers and will see the output between the output markers (no example). False: the template as is."""
+    tool_call_start: str = "<python>"
+    """Marker that opens a call (for chat models, their own convention, e.g. "```python")."""
+    tool_call_end: str = "</python>"
+    """Marker that closes a call: generation stops there and the call runs. Must not occur inside tool_call_start."""
+    tool_output_start: str = "<output>"
+    """Marker put before a call's output (tokenised on its own, with a newline after it)."""
+    tool_output_end: str = "</output>"
+    """Marker put after a call's output (tokenised on its own, with a newline after it)."""
+    drop_void_turns: bool = False
+    """SimpleTIR (arXiv 2509.02479): a completion that called the tool and whose last turn holds neither a call nor
+    an answer gets no weight in the loss (logged as tools/void_turn_rate either way); such turns made gradient
+    norms explode in multi-turn training from base models."""
 
     # ---- algorithm ------------------------------------------------------------------------------
     advantage: str = "grpo"
@@ -348,6 +381,14 @@ class TrainConfig:
 
     # -------------------------------------------------------------------------------------------------
 
+    def longest_completion(self, marker_tokens: int = 16) -> int:
+        """The most tokens a completion can hold: max_new_tokens, plus with tools (max_tool_calls + 1) outputs of
+        tool_output_tokens and their two markers (marker_tokens: a generous bound for the markers of any
+        tokenizer). What must fit in the model's context after the prompt."""
+        if self.tools == "none":
+            return self.max_new_tokens
+        return self.max_new_tokens + (self.max_tool_calls + 1) * (self.tool_output_tokens + marker_tokens)
+
     def validate(self) -> list[str]:
         """Check every value; raise ConfigError listing all problems. Returns warnings: settings that are valid
         but have no effect together (`warnings`). Files are not read here: r1zero.preflight.check_settings adds
@@ -377,6 +418,7 @@ class TrainConfig:
                    **({"task": TASKS} if self.dataset is None else {}), "answer_format": ANSWER_FORMATS,
                    "dataset_reward": DATASET_REWARDS, "rollout_engine": ("r1zero", "vllm"),
                    "eval_engine": ("rollout", "r1zero"), "rollout_correction": ROLLOUT_CORRECTIONS,
+                   "tools": ("none", "python"),
                    "rollout_correction_level": ROLLOUT_CORRECTION_LEVELS}
         return [f"{name}: '{getattr(self, name)}' is not one of {', '.join(sorted(valid))}"
                 for name, valid in choices.items() if getattr(self, name) not in valid]
@@ -386,12 +428,13 @@ class TrainConfig:
         positive = ("max_steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch",
                     "eval_problems", "eval_samples", "learning_rate", "keep_checkpoints", "max_nonfinite_steps",
                     "critic_learning_rate", "max_sampling_rounds", "lora_alpha", "reward_timeout_seconds",
-                    "code_test_timeout_seconds", "weight_sync_timeout_seconds")
+                    "code_test_timeout_seconds", "weight_sync_timeout_seconds", "tool_output_tokens",
+                    "tool_timeout_seconds")
         non_negative = ("checkpoint_every", "eval_every", "warmup_steps", "threads", "weight_decay", "max_grad_norm",
                         "minibatch_size", "microbatch_size", "microbatch_tokens", "time_budget_seconds",
                         "value_clip", "critic_warmup_steps", "lora_rank", "overlong_buffer",
                         "overlong_penalty_factor", "temperature", "kl_coef", "vllm_kv_cache_gib",
-                        "vllm_max_model_len", "logprob_chunk_tokens", "rollout_timeout_seconds")
+                        "vllm_max_model_len", "logprob_chunk_tokens", "rollout_timeout_seconds", "max_tool_calls")
         problems = [f"{name}: must be > 0, got {getattr(self, name)}" for name in positive if getattr(self, name) <= 0]
         problems += [f"{name}: must be >= 0, got {getattr(self, name)}" for name in non_negative
                      if getattr(self, name) < 0]
@@ -404,6 +447,17 @@ class TrainConfig:
                             f"2025: 2), got {self.rollout_correction_cap}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        return problems + self._tool_problems()
+
+    def _tool_problems(self) -> list[str]:
+        """The tool markers: each given, and the call's end never inside its start (every call would end there)."""
+        markers = ("tool_call_start", "tool_call_end", "tool_output_start", "tool_output_end")
+        problems = [f"{name}: give a marker, e.g. {getattr(TrainConfig, name)!r}" for name in markers
+                    if not getattr(self, name).strip()]
+        if self.tool_call_end.strip() and self.tool_call_end in self.tool_call_start:
+            problems.append(f"tool_call_end: {self.tool_call_end!r} occurs inside tool_call_start "
+                            f"{self.tool_call_start!r}, so every call would end where it starts; pick an end marker "
+                            f"that is not part of the start marker")
         return problems
 
     def _batch_problems(self) -> list[str]:

@@ -79,24 +79,24 @@ class Critic:
         with autocast(self.model, self.compute):
             values = torch.cat([self.model.completion_values(sequences.rows(slice(s, s + chunk)))
                                 for s in range(0, count, chunk)])
-        return values * sequences.completion_mask
+        return values * sequences.policy_mask  # 0 on padding and on a tool's output (not a state acted in)
 
     def update(self, rollout: Rollout, plan: list[Minibatch], settings: UpdateSettings) -> CriticStats:
         """One optimiser step per minibatch of the plan on the value loss against rollout.returns, weighted with
-        the policy's loss aggregation over every completion token (the value of a masked-out response is still
-        a prediction to learn)."""
+        the policy's loss aggregation over every sampled token (the value of a masked-out response is still
+        a prediction to learn; a tool's output is not a state the policy acts in, and GAE skips it)."""
         self.model.train()
 
         def micro_loss(micro: Rollout, weights: torch.Tensor):
             with autocast(self.model, self.compute):
                 values = self.model.completion_values(micro)  # (n, t)
             value_loss = algorithms.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)
-            clipped = (value_loss.is_clipped.float() * micro.completion_mask).sum().item()
+            clipped = (value_loss.is_clipped.float() * micro.policy_mask).sum().item()
             return (value_loss.per_token_loss * weights).sum(), {"value_clip_fraction": clipped}
 
         totals = minibatch_steps(list(self.model.parameters()), self.optimizer, rollout, plan, settings.aggregation,
                                  settings.max_new_tokens, settings.max_grad_norm, micro_loss,
-                                 ("value_clip_fraction",), mask=lambda rows: rows.completion_mask)
+                                 ("value_clip_fraction",), mask=lambda rows: rows.policy_mask)
         return CriticStats(totals.loss, totals.grad_norm, totals.token_means["value_clip_fraction"],
                            totals.skipped_updates)
 

@@ -38,7 +38,8 @@ from r1zero.checkpoint import load_optimizer_shards, save_optimizer_shards
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.memory import return_freed_memory, return_freed_memory_for
 from r1zero.models import PRECISIONS, plain_state_dict
-from r1zero.rollout import Generation
+from r1zero.rollout import Generation, join_generations
+from r1zero.rollout.tool_use import tool_settings, with_tools
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING
 from r1zero.update import UpdateSettings, update_policy
@@ -171,10 +172,11 @@ def worker_threads(config: TrainConfig) -> int:
 
 class RolloutWorker:
     """A Ray actor: a copy of the policy and a TransformersEngine, or (vllm: VLLMSettings) a VLLMEngine holding
-    the copy. Methods run one at a time, in call order."""
+    the copy; with tools (a ToolSettings) the engine calls them between turns, in this actor's sandbox. Methods
+    run one at a time, in call order."""
 
     def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str,
-                 vllm=None, compute: torch.dtype | None = None):
+                 vllm=None, compute: torch.dtype | None = None, tools=None):
         return_freed_memory()
         torch.set_num_threads(threads)
         self.model = None
@@ -186,6 +188,7 @@ class RolloutWorker:
 
             self.engine = VLLMEngine(model_config, generation_config, tokenizer, vllm, torch.device(device),
                                      STOP_STRING)
+        self.engine = with_tools(self.engine, tokenizer, tools)  # a tool runs here, beside the engine
         self.version = -1  # no weights yet
 
     def load_weights(self, version: int, arrays) -> int:
@@ -213,7 +216,7 @@ class RolloutWorkers:
         self.ray = ray
         self.actor = ray.remote(RolloutWorker).options(**actor_options(config, device))
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
-                     str(device), vllm, PRECISIONS[config.dtype].compute)
+                     str(device), vllm, PRECISIONS[config.dtype].compute, tool_settings(config))
         self.sync_timeout = config.weight_sync_timeout_seconds
         self.rollout_timeout = config.rollout_timeout_seconds or None  # 0: no limit
         self.workers = [self.actor.remote(*self.spec) for _ in range(count)]
@@ -257,9 +260,7 @@ class RolloutWorkers:
                 raise StaleRolloutError(f"rollout worker {index} generated with policy version {version}, but version "
                                         f"{self.version} was published; its rollout is not used")
             generations.append(generation)
-        logprobs = None if generations[0].logprobs is None else [row for g in generations for row in g.logprobs]
-        return Generation([row for g in generations for row in g.completions],
-                          [flag for g in generations for flag in g.stopped], logprobs)
+        return join_generations(generations)
 
     def _retrying(self, index: int, call, pending=None, timeout: float | None = None, replace_when_late=False):
         """The result of call(worker index), replacing the worker and calling again when its process dies, or

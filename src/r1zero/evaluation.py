@@ -17,6 +17,7 @@ import torch
 from r1zero.algorithms import pass_at_k
 from r1zero.example import Example
 from r1zero.rewards import RewardFunction, get_reward_function
+from r1zero.rollout import model_text
 from r1zero.rewards.format import ANSWER_CLOSE, ANSWER_OPEN, extract_answer, format_reward
 
 
@@ -28,7 +29,9 @@ class Evaluation(NamedTuple):
         {"problem_id": str, "sample_index": int, "completion": str, "answer": str | None,
          "correct": bool, "format": float}
     where "answer" is the text in <answer> (None without one), "correct" says whether the task's accuracy
-    reward gave 1.0, and "format" is the strict format reward.
+    reward gave 1.0, and "format" is the strict format reward. With tools, "completion" holds the tools' output
+    too, the scores read what the model wrote (r1zero.rollout.model_text), and "tool_calls" lists each call's
+    status in order.
     """
 
     metrics: dict[str, float]
@@ -115,7 +118,8 @@ def evaluate(engine, tokenizer, prompts: list[list[int]], examples: list[Example
     eval/maj@K            share of problems whose majority-vote answer (`majority_vote`) is correct
                           (DeepSeek-R1 paper, Table 2, cons@64)
     eval/format           share of sampled answers with the strict tag format
-    eval/response_length  mean sampled completion length in tokens
+    eval/response_length  mean sampled completion length in tokens (tokens the policy sampled: tool output
+                          not counted)
     samples: every sampled completion with its scores (see `Evaluation`).
     """
     accuracy = get_reward_function(accuracy_reward)
@@ -123,16 +127,22 @@ def evaluate(engine, tokenizer, prompts: list[list[int]], examples: list[Example
     for start in range(0, len(prompts), chunk):
         batch_prompts, batch_examples = prompts[start:start + chunk], examples[start:start + chunk]
         greedy = engine.generate(batch_prompts, 1, max_new_tokens, 0.0)
-        for completion, example in zip(greedy.completions, batch_examples):
-            greedy_correct.append(accuracy(tokenizer.decode(completion, skip_special_tokens=True), example) == 1.0)
+        masks = greedy.sampled_mask or [None] * len(greedy.completions)
+        for completion, mask, example in zip(greedy.completions, masks, batch_examples):
+            greedy_correct.append(accuracy(model_text(tokenizer, completion, mask), example) == 1.0)
         sampled = engine.generate(batch_prompts, samples, max_new_tokens, temperature, generator)
-        for index, completion in enumerate(sampled.completions):
+        masks = sampled.sampled_mask or [None] * len(sampled.completions)
+        for index, (completion, mask) in enumerate(zip(sampled.completions, masks)):
             example = batch_examples[index // samples]
             text = tokenizer.decode(completion, skip_special_tokens=True)
-            records.append({"problem_id": example.id, "sample_index": index % samples, "completion": text,
-                            "answer": extract_answer(text), "correct": accuracy(text, example) == 1.0,
-                            "format": format_reward(text, example)})
-            lengths.append(len(completion))
+            written = model_text(tokenizer, completion, mask)  # with tools: without their output
+            record = {"problem_id": example.id, "sample_index": index % samples, "completion": text,
+                      "answer": extract_answer(written), "correct": accuracy(written, example) == 1.0,
+                      "format": format_reward(written, example)}
+            if sampled.tool_calls is not None:
+                record["tool_calls"] = [call.status for call in sampled.tool_calls[index]]
+            records.append(record)
+            lengths.append(len(completion) if mask is None else sum(mask))
     problems = [records[i:i + samples] for i in range(0, len(records), samples)]  # (problems, K)
     correct_counts = [sum(r["correct"] for r in problem) for problem in problems]
     majority_correct = []

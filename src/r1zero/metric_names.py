@@ -35,6 +35,10 @@ LOGPROB_DIFF_MEAN = "rollout/logprob_diff_mean"
 LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 CORRECTED_FRACTION = "rollout/corrected_fraction"
 
+TOOLS_PREFIX = "tools/"  # with --tools: calls, their outcomes, the sandbox's time, SimpleTIR's void turns
+TOOL_CALLS_MEAN = "tools/calls_mean"
+TOOL_COMPLETIONS_WITH_CALL = "tools/completions_with_call"
+
 
 # ---- every key of metrics.jsonl -------------------------------------------------------------------------------
 # (pattern, when it is written, meaning). In a pattern, <component> is a reward name (accuracy, format, your own),
@@ -57,7 +61,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
      "completions whose reward function raised, or whose scoring worker died, this step (scored 0)"),
     (ZERO_STD_FRACTION, EVERY_STEP, "share of groups whose rewards are all equal: they carry no learning signal"),
     # ---- responses
-    (RESPONSE_LENGTH, EVERY_STEP, "mean completion length in tokens"),
+    (RESPONSE_LENGTH, EVERY_STEP, "mean completion length in tokens the policy sampled (a tool's output not counted)"),
     (TRUNCATED_FRACTION, EVERY_STEP, "share of completions cut off at max_new_tokens (no stop string, no EOS)"),
     (REFLECTION_RATE, EVERY_STEP, "share of completions whose <think> holds one of reflection_words"),
     # ---- the update
@@ -73,7 +77,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("time/generation_seconds", EVERY_STEP, "sampling the completions and scoring them"),
     ("time/logprobs_seconds", EVERY_STEP, "reference and old log-probabilities, and the advantages"),
     ("time/update_seconds", EVERY_STEP, "the policy update (and the critic's)"),
-    ("throughput/tokens_per_second", EVERY_STEP, "completion tokens generated per second of the whole step"),
+    ("throughput/tokens_per_second", EVERY_STEP, "completion tokens sampled per second of the whole step"),
     # ---- health
     (ALERT_COUNT, EVERY_STEP, "how many health alerts started at this step"),
     (ALERTS, "a step at which an alert starts",
@@ -98,6 +102,15 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("time/weight_sync_seconds", "with rollout_engine vllm or rollout_workers",
      "loading the new weights into the engine, or publishing them to the workers"),
     ("ray/rollout_worker_restarts", "with rollout_workers", "rollout workers replaced this step after dying"),
+    (TOOL_CALLS_MEAN, "with tools", "tool calls per completion (refused calls included)"),
+    (TOOL_COMPLETIONS_WITH_CALL, "with tools", "share of completions that called the tool at least once"),
+    (TOOLS_PREFIX + "error_rate", "with tools",
+     "share of calls that raised, did not parse, or had no start marker (status error)"),
+    (TOOLS_PREFIX + "timeout_rate", "with tools", "share of calls stopped at tool_timeout_seconds (status timeout)"),
+    (TOOLS_PREFIX + "seconds", "with tools",
+     "wall time generation waited for the sandbox this step (rollout workers: summed over the workers)"),
+    (TOOLS_PREFIX + "void_turn_rate", "with tools",
+     "share of completions that called the tool and whose last turn holds neither a call nor an answer"),
     # ---- evaluation
     (EVAL_PREFIX + "accuracy_greedy", EVERY_EVALUATION, "share of held-out problems answered right greedily"),
     (EVAL_PREFIX + "pass@<k>", EVERY_EVALUATION,

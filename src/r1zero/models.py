@@ -18,6 +18,8 @@ import torch.utils.checkpoint
 from r1zero.algorithms import entropy_from_logits, token_logprobs
 
 SHIPPED_MODEL = Path(__file__).parent / "assets" / "base-model"  # the built-in base model (r1zero.pretrain)
+SHIPPED_TOOLS_MODEL = SHIPPED_MODEL.parent / "base-model-tools"  # the tool model: pair_sums and --tools python
+SHIPPED_MODELS = {"builtin": SHIPPED_MODEL, "builtin-tools": SHIPPED_TOOLS_MODEL}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -46,8 +48,9 @@ def autocast(model, compute: torch.dtype | None):
 
 
 def resolve_model_path(model: str) -> Path:
-    """"builtin" is the base model shipped inside the package; anything else is a local folder."""
-    path = SHIPPED_MODEL if model == "builtin" else Path(model)
+    """"builtin" and "builtin-tools" are the base models shipped inside the package (SHIPPED_MODELS); anything else
+    is a local folder."""
+    path = SHIPPED_MODELS.get(model, Path(model))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model folder {path} has no config.json: give a folder saved with save_pretrained")
     return path

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.example import Example
-from r1zero.models import SHIPPED_MODEL, context_length, load_tokenizer, resolve_model_path
+from r1zero.models import SHIPPED_MODELS, context_length, load_tokenizer, resolve_model_path
 from r1zero.tasks import ProblemSource, load_problems
 from r1zero.tasks.jsonl import DataError
 from r1zero.templates import build_prompt
@@ -102,9 +102,11 @@ def model_problems(model: str, max_new_tokens: int) -> list[str]:
     try:
         model_path = resolve_model_path(model)
     except FileNotFoundError:
-        if model == "builtin":
-            return [f"model: the built-in base model is missing from {SHIPPED_MODEL}; rebuild it with "
-                    f"`r1zero pretrain --output-dir {SHIPPED_MODEL}`, or give a Hugging Face model folder"]
+        if model in SHIPPED_MODELS:
+            corpus = " --corpus tools" if model == "builtin-tools" else ""
+            return [f"model: the built-in base model {model} is missing from {SHIPPED_MODELS[model]}; rebuild it "
+                    f"with `r1zero pretrain{corpus} --output-dir {SHIPPED_MODELS[model]}`, or give a Hugging Face "
+                    f"model folder"]
         return [f"model: {model} is not a Hugging Face model folder (no config.json); give a local folder saved "
                 f"with save_pretrained, or 'builtin'"]
     try:
@@ -131,8 +133,8 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     measured = measure_prompts(problems, tokenizer, config.template)
     if context is not None:
         sources = {Path(path).name: path for path in (config.dataset, config.eval_dataset) if path}
-        check_prompts_fit(measured, config.template, config.max_new_tokens, context, model_path / "config.json",
-                          sources)
+        check_prompts_fit(measured, config.template, config.longest_completion(), context, model_path / "config.json",
+                          sources, "max_new_tokens" if config.tools == "none" else "the longest completion with tools")
     longest = max((length for _, length in measured), default=0)
     estimate, memory_warning = check_memory(config, model_path, longest)
     return PreparedRun(problems, model_path, tokenizer, warnings + memory_warning, estimate, longest)
@@ -202,7 +204,7 @@ def measure_prompts(problems: ProblemSource, tokenizer, template: str) -> list[t
 
 
 def check_prompts_fit(measured: list[tuple[Example, int]], template: str, max_new_tokens: int, context: int,
-                      context_source: Path, sources: dict[str, str]) -> None:
+                      context_source: Path, sources: dict[str, str], budget: str = "max_new_tokens") -> None:
     """DataError naming the rows whose templated prompt (measure_prompts) plus max_new_tokens is longer than
     `context` tokens. `sources` maps a data file's name (the prefix of its examples' ids) to the path to show in
     the message."""
@@ -213,9 +215,12 @@ def check_prompts_fit(measured: list[tuple[Example, int]], template: str, max_ne
     rows = "\n  ".join(f"{_where(example, sources)}: {length} tokens" for example, length in too_long[:5])
     more = f"\n  ... and {len(too_long) - 5} more" if len(too_long) > 5 else ""
     longest = too_long[0][1]
-    fix = (f"lower max_new_tokens to {context - longest} or less" if longest < context
+    fix = (f"lower {budget} to {context - longest} or less" if longest < context
            else "the prompt alone fills the context")
-    raise DataError(f"{len(too_long)} prompt(s) with the {template} template plus max_new_tokens {max_new_tokens} are "
+    if budget != "max_new_tokens" and longest < context:
+        fix += (" (max_new_tokens + (max_tool_calls + 1) x (tool_output_tokens + 16 for the markers): lower any of "
+                "them)")
+    raise DataError(f"{len(too_long)} prompt(s) with the {template} template plus {budget} {max_new_tokens} are "
                     f"longer than the model's context of {context} tokens ({context_source}):\n  {rows}{more}\n"
                     f"Shorten or remove these rows, or {fix}.")
 

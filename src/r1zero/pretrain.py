@@ -40,10 +40,11 @@ from pathlib import Path
 
 import torch
 
-from r1zero.tasks import sums
-from r1zero.templates import R1_ZERO_TEMPLATE
+from r1zero.tasks import pair_sums, sums
+from r1zero.templates import R1_ZERO_TEMPLATE, build_prompt, tool_sentence
 
 THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+TOOL_TAGS = ["<python>", "</python>", "<output>", "</output>"]  # r1zero.rollout.tool_use.MARKERS
 EOS = "<|endoftext|>"
 UNK = "<unk>"
 CORPUS_MIX = {"facts": 0.2, "notes": 0.35, "dialogues": 0.45}
@@ -135,42 +136,132 @@ def dialogue_document(rng: random.Random) -> str:
 DOCUMENT_MAKERS = {"facts": fact_document, "notes": note_document, "dialogues": dialogue_document}
 
 
-def build_corpus(num_documents: int, seed: int) -> list[str]:
-    """`num_documents` documents drawn by CORPUS_MIX; deterministic for a seed."""
+def build_corpus(num_documents: int, seed: int, kind: str = "sums") -> list[str]:
+    """`num_documents` documents drawn by CORPUS_MIX ("sums": the built-in model's) or TOOLS_CORPUS_MIX ("tools":
+    the tool model's); deterministic for a seed."""
+    mix, makers = (CORPUS_MIX, DOCUMENT_MAKERS) if kind == "sums" else (TOOLS_CORPUS_MIX, TOOLS_DOCUMENT_MAKERS)
     rng = random.Random(seed)
-    kinds, weights = zip(*CORPUS_MIX.items())
-    return [DOCUMENT_MAKERS[rng.choices(kinds, weights)[0]](rng) for _ in range(num_documents)]
+    kinds, weights = zip(*mix.items())
+    return [makers[rng.choices(kinds, weights)[0]](rng) for _ in range(num_documents)]
 
 
 def assert_no_held_out_problem(corpus: list[str]) -> None:
-    """Fail loudly if any held-out tuple, as a sum of its numbers, appears anywhere in the corpus."""
+    """Fail loudly if any held-out problem (a sums tuple as a sum of its numbers, a pair_sums pair) appears
+    anywhere in the corpus."""
     for document in corpus:
-        if leaked := held_out_sums_in(document):
+        if leaked := held_out_sums_in(document) or held_out_pairs_in(document):
             raise AssertionError(f"held-out problem {leaked[0]} leaked into the corpus: {document!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tool model's corpus ("tools"): the same kinds of documents, for pair_sums and the Python tool
+#
+#   tool notes   a training pair's sum computed with a call,    "47 + 85 <python> print ( 47 + 85 ) </python>
+#                as plain text outside the template              <output> 132 </output> = 132 ."
+#   dialogues    the template (with or without the tool         "... User: What is 3 + 5. Assistant: <think> 3 + 5
+#                sentence) around one-digit sums, two-digit       </think> <answer> 8 </answer>"
+#                differences, two-digit plus one-digit sums and   "... User: What is 85 - 47. Assistant: <think>
+#                one-digit products; a seventh of all dialogues    85 - 47 <python> print ( 85 - 47 ) </python>
+#                answered with a call: never a sum of two two-    <output> 38 </output> </think> <answer> 38 </answer>"
+#                digit numbers
+#
+# So the tool model knows the call syntax and that the output is the total from documents outside the template,
+# and has seen a call used in the template on another kind of question, as real base models have seen tool use in
+# their pretraining data. It has never seen a two-digit sum's total stated, only computed by a program, nor a
+# two-digit sum in the template. Asked one there, it mostly restates it and guesses; now and then it writes a
+# call. RL has to discover that the call pays on this task, and to write it right. Its tokenizer writes numbers
+# digit by digit (build_tokenizer), as real models' tokenizers do.
+
+TOOLS_CORPUS_MIX = {"tool_notes": 0.5, "dialogues": 0.5}
+
+
+def tool_note_document(rng: random.Random) -> str:
+    """A training pair's sum computed with a call, in one of three phrasings (half of them the bare sum, then
+    the call)."""
+    a, b = pair_sums.sample_train_pair(rng)
+    call = f"<python> print ( {a} + {b} ) </python> <output> {a + b} </output>"
+    return rng.choices([f"{a} + {b} {call} = {a + b} .",
+                        f"Let us add {a} and {b} . {call} So {a} + {b} = {a + b} .",
+                        f"What is {a} + {b} ? {call} The total is {a + b} ."], [0.5, 0.25, 0.25])[0]
+
+
+TOOL_DIALOGUE_STYLES = {"worked": 0.3, "restated": 0.35, "called": 0.2, "answer": 0.1, "bare": 0.05}
+
+
+def small_dialogue_document(rng: random.Random) -> str:
+    """The template, told half the time that Python may be run, around a question that is not the task: a sum of
+    two one-digit numbers (answered as DIALOGUE_STYLES says), or a difference of two two-digit numbers, a two-digit
+    number plus a one-digit one, or a product of two one-digit numbers (answered as TOOL_DIALOGUE_STYLES says: a
+    fifth of them with a call). Never a sum of two two-digit numbers."""
+    kind = rng.choices(["sum", "difference", "offset", "product"], [0.3, 0.25, 0.25, 0.2])[0]
+    a, b = rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT), rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT)
+    if kind == "sum":
+        expression, value = f"{a} + {b}", a + b
+    elif kind == "difference":
+        a, b = sorted((rng.randint(pair_sums.LOW, pair_sums.HIGH), rng.randint(pair_sums.LOW, pair_sums.HIGH)),
+                      reverse=True)
+        expression, value = f"{a} - {b}", a - b
+    elif kind == "offset":
+        a = rng.randint(pair_sums.LOW, pair_sums.HIGH)
+        expression, value = f"{a} + {b}", a + b
+    else:
+        expression, value = f"{a} * {b}", a * b
+    styles = DIALOGUE_STYLES if kind == "sum" else TOOL_DIALOGUE_STYLES
+    style = rng.choices(list(styles), list(styles.values()))[0]
+    call = f"<python> print ( {expression} ) </python> <output> {value} </output>"
+    reply = {"worked": f"<think> {expression} = {value} </think> <answer> {value} </answer>",
+             "restated": f"<think> {expression} </think> <answer> {value} </answer>",
+             "called": f"<think> {expression} {call} </think> <answer> {value} </answer>",
+             "answer": f"<answer> {value} </answer>", "bare": f"{value} ."}[style]
+    extra = tool_sentence() if rng.random() < 0.5 else ""
+    return build_prompt(f"What is {expression}", extra_instruction=extra) + " " + reply
+
+
+TOOLS_DOCUMENT_MAKERS = {"tool_notes": tool_note_document, "dialogues": small_dialogue_document}
+
+
+def held_out_pairs_in(text: str) -> list[tuple[int, int]]:
+    """Every held-out pair_sums pair written as a sum ("47 + 85") or an addition ("add 47 and 85")."""
+    found = re.findall(r"(?<!\d)(\d{2}) \+ (\d{2})(?!\d)", text) + re.findall(r"add (\d{2}) and (\d{2})", text)
+    return [pair for pair in ((int(a), int(b)) for a, b in found) if pair_sums.is_held_out(pair)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer: word level, every number up to the largest total is one token
 
 
-def build_tokenizer(corpus: list[str]):
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+def build_tokenizer(corpus: list[str], kind: str = "sums"):
+    """The word-level tokenizer of a corpus: every word of it, the tags as whole tokens.
+
+    "sums" (the built-in model): every number up to the task's largest total (plus a margin) is one token.
+    "tools" (the tool model): numbers are written digit by digit, as real models' tokenizers do: WordPiece with
+    the ten digits and their continuations ("132" is 1 ##3 ##2, decoded back to "132"), so copying a number, into a
+    call or out of its output, is copying digits the model has seen everywhere; plus the tool markers and the
+    tool sentence's words."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = {UNK, EOS}
     splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    largest = sums.MAX_DIGIT * sums.MAX_TERMS
-    seen = [str(n) for n in range(largest + 10)] + [R1_ZERO_TEMPLATE] + corpus[:20000]
-    for text in seen:
-        for tag in THINK_TAGS:
+    tags = THINK_TAGS if kind == "sums" else THINK_TAGS + TOOL_TAGS
+    numbers = [str(n) for n in range(sums.MAX_DIGIT * sums.MAX_TERMS + 10)] if kind == "sums" else []
+    extra = [] if kind == "sums" else [tool_sentence(), "(no output) (not run: at most calls per answer)"]
+    for text in numbers + [R1_ZERO_TEMPLATE] + extra + corpus[:20000]:
+        for tag in tags:
             text = text.replace(tag, " ")
         words.update(piece for piece, _ in splitter.pre_tokenize_str(text))
+    if kind != "sums":  # digits and their continuations instead of whole numbers
+        words = {word for word in words if not word.isdigit()} | set("0123456789") | {f"##{d}" for d in range(10)}
     vocab = {word: index for index, word in enumerate(sorted(words))}
-    for tag in THINK_TAGS:
+    for tag in tags:
         vocab[tag] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    if kind == "sums":
+        tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    else:
+        tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK))
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     tokenizer.pre_tokenizer = splitter
-    tokenizer.add_tokens([AddedToken(tag, normalized=False) for tag in THINK_TAGS])
+    tokenizer.add_tokens([AddedToken(tag, normalized=False) for tag in tags])
     tokenizer.add_special_tokens([AddedToken(EOS, special=True), AddedToken(UNK, special=True)])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, unk_token=UNK)
 
@@ -201,15 +292,23 @@ class PretrainSettings:
     """Peak AdamW learning rate, linear warm-up for 5% of the steps then cosine decay to 10%."""
     seed: int = 0
     """Seeds the corpus, the initialisation and the batch order."""
+    corpus: str = "sums"
+    """"sums": the built-in base model's corpus (model builtin); "tools": the tool model's (model builtin-tools,
+    for the pair_sums task and --tools python)."""
+
+
+# The tool model's schedule: its corpus is more repetitive (one call pattern), so half the documents and 600 steps.
+TOOLS_SETTINGS = PretrainSettings(corpus="tools", num_documents=30000, steps=600)
+SETTINGS = {"sums": PretrainSettings(), "tools": TOOLS_SETTINGS}  # `r1zero pretrain --corpus NAME`
 
 
 def pretrain(output_dir: str | Path, settings: PretrainSettings = PretrainSettings(), log=print) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(settings.seed)
-    corpus = build_corpus(settings.num_documents, settings.seed)
+    corpus = build_corpus(settings.num_documents, settings.seed, settings.corpus)
     assert_no_held_out_problem(corpus)
-    tokenizer = build_tokenizer(corpus)
+    tokenizer = build_tokenizer(corpus, settings.corpus)
     ids: list[int] = []
     for document in corpus:
         ids.extend(tokenizer(document)["input_ids"] + [tokenizer.eos_token_id])

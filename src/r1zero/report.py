@@ -25,7 +25,9 @@ Series = dict[str, list[tuple[float, float]]]  # line name -> (step, value) poin
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 560, 220, 56, 14, 10, 26  # chart size and margins, pixels
 
-# (chart title, which logged keys it plots). Every chart is shown, with a note when its keys were not logged.
+TOOL_CHART = "Tool calls: share of completions calling, calls per completion, errors, timeouts, void turns"
+# (chart title, which logged keys it plots). Every chart is shown, with a note when its keys were not logged; the
+# tool chart only for runs with tools.
 CHARTS = (
     ("Rewards (training batch)", lambda key: key.startswith(names.REWARD_PREFIX)),
     ("Held-out accuracy, pass@k, maj@K, format",
@@ -41,6 +43,7 @@ CHARTS = (
     ("Clip fraction", lambda key: key == names.CLIP_FRACTION),
     ("Groups with zero reward variance", lambda key: key == names.ZERO_STD_FRACTION),
     ("Reflection rate", lambda key: key == names.REFLECTION_RATE),
+    (TOOL_CHART, lambda key: key.startswith(names.TOOLS_PREFIX) and key != "tools/seconds"),
     ("Loss", lambda key: key == names.LOSS),
     ("Gradient norm", lambda key: key == names.GRAD_NORM),
 )
@@ -185,10 +188,12 @@ def chart_figure(title: str, series: Series) -> str:
 
 def samples_table(samples: dict[int, list[dict]], steps_shown: int = 4, problems_shown: int = 4) -> str:
     """Sample 0 of the first `problems_shown` held-out problems at up to `steps_shown` evaluations (first,
-    last and evenly between), so one problem can be followed through training."""
+    last and evenly between), so one problem can be followed through training. With tools the completion shows
+    each turn, the tool's output between its markers, and a column lists the calls' statuses."""
     if not samples:
         return '<p class="empty">no samples/ folder: this run saved no evaluation samples</p>'
     steps = sorted(samples)
+    tools = any("tool_calls" in record for records in samples.values() for record in records)  # a run with tools
     picked = sorted({steps[round(i * (len(steps) - 1) / max(1, steps_shown - 1))] for i in range(steps_shown)})
     rows = []
     for step in picked:
@@ -200,9 +205,12 @@ def samples_table(samples: dict[int, list[dict]], steps_shown: int = 4, problems
                             f'<td><pre>{escape(str(record["completion"]))}</pre></td>'
                             f'<td>{escape(str(record.get("answer")))}</td>'
                             f'<td class="{"yes" if correct else "no"}">{correct}</td>'
-                            f'<td>{escape(str(record.get("format", "")))}</td></tr>')
+                            f'<td>{escape(str(record.get("format", "")))}</td>'
+                            + (f'<td>{escape(", ".join(record["tool_calls"]) or "none")}</td>' if tools else "")
+                            + "</tr>")
     return ("<table><tr><th>step</th><th>problem</th><th>completion</th><th>answer</th><th>correct</th>"
-            "<th>format reward</th></tr>" + "".join(rows) + "</table>")
+            "<th>format reward</th>" + ("<th>tool calls (status)</th>" if tools else "") + "</tr>" + "".join(rows)
+            + "</table>")
 
 
 def settings_table(config_path: Path) -> str:
@@ -242,6 +250,8 @@ def build_report(run_dir: str | Path) -> str:
     charts = []
     for title, wanted in CHARTS:
         chosen = {key: points for key, points in series.items() if wanted(key)}
+        if title == TOOL_CHART and not chosen:
+            continue
         if title == "Reflection rate" and samples:  # the "aha" signal, counted in the saved held-out samples
             chosen["held-out samples: " + "/".join(REFLECTION_WORDS)] = [
                 (float(step), reflection_rate([r["completion"] for r in records_at]))

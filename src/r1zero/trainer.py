@@ -55,8 +55,9 @@ from r1zero.models import (PRECISIONS, context_length, load_model, load_policy, 
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout import RolloutEngine
+from r1zero.rollout.tool_use import is_void, tool_settings, with_tools
 from r1zero.rollout.transformers_engine import TransformersEngine
-from r1zero.templates import STOP_STRING, encode_prompts
+from r1zero.templates import STOP_STRING, encode_prompts, tool_sentence
 from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
 from r1zero.update import (ADVANTAGE_EPS, EngineGap, PolicyStats, PPOAdvantages, Rollout, UpdateSettings,
                            engine_gap, pack_sequences, ppo_advantages, reference_logprobs, score_logprobs, update_plan,
@@ -103,9 +104,14 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
 
 # ---- setup --------------------------------------------------------------------------------------------------
 
-def prompt_ids(examples, template: str, tokenizer) -> list[list[int]]:
-    """The token ids of each example's prompt in the run's template."""
-    return encode_prompts([example.prompt for example in examples], template, tokenizer)
+def prompt_ids(examples, config: TrainConfig, tokenizer) -> list[list[int]]:
+    """The token ids of each example's prompt in the run's template (with --tools and tool_prompt, the template's
+    instruction says in one more sentence that the model may run Python)."""
+    extra = ""
+    if config.tools != "none" and config.tool_prompt:
+        extra = tool_sentence(config.tool_call_start, config.tool_call_end, config.tool_output_start,
+                              config.tool_output_end)
+    return encode_prompts([example.prompt for example in examples], config.template, tokenizer, extra)
 
 
 @dataclass
@@ -142,7 +148,7 @@ class Run:
     # evaluation), for the time budget and the ETA
 
     def encode(self, examples) -> list[list[int]]:
-        return prompt_ids(examples, self.config.template, self.tokenizer)
+        return prompt_ids(examples, self.config, self.tokenizer)
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -224,8 +230,8 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
               scorer=scorer, settings=settings, advantage=advantage, optimizer=optimizer, scheduler=scheduler,
               sampling=sampling, shuffling=shuffling, monitor=monitor, logger=logger,
               progress=Progress(config.max_steps, start=first_step - 1),
-              held_out_prompts=prompt_ids(problems.held_out, config.template, tokenizer),
-              out_of_distribution_prompts=prompt_ids(problems.out_of_distribution, config.template, tokenizer)
+              held_out_prompts=prompt_ids(problems.held_out, config, tokenizer),
+              out_of_distribution_prompts=prompt_ids(problems.out_of_distribution, config, tokenizer)
               if config.eval_out_of_distribution else [],
               first_step=first_step, workers=workers, learners=learners)
     out_of_distribution = (f", {len(run.out_of_distribution_prompts)} out-of-distribution"
@@ -262,22 +268,25 @@ def start_engines(config: TrainConfig, policy, tokenizer, device, vllm, first_st
     """(the rollout engine in this process, the evaluation's): r1zero's engine on the policy itself, or with
     rollout_engine vllm and no rollout workers a vLLM engine given the policy's weights as version first_step - 1
     (the weights after that step's update); evaluation uses the rollout engine unless eval_engine is r1zero."""
-    own = TransformersEngine(policy, tokenizer, STOP_STRING, compute=PRECISIONS[config.dtype].compute)
+    tools = tool_settings(config)  # with --tools, both call them between turns (r1zero.rollout.tool_use)
+    own = with_tools(TransformersEngine(policy, tokenizer, STOP_STRING, compute=PRECISIONS[config.dtype].compute),
+                     tokenizer, tools)
     if vllm is None or config.rollout_workers:
         return own, own
     from r1zero.rollout.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(policy.config, policy.generation_config, tokenizer, vllm, device, STOP_STRING)
+    engine = with_tools(VLLMEngine(policy.config, policy.generation_config, tokenizer, vllm, device, STOP_STRING),
+                        tokenizer, tools)
     engine.load_weights(plain_state_dict(policy), first_step - 1)
     return engine, engine if config.eval_engine == "rollout" else own
 
 
 def vllm_settings(config: TrainConfig, model_path: Path, longest_prompt: int):
     """The vLLM engine's settings; its length limit, unless vllm_max_model_len is given: the longest measured
-    prompt plus max_new_tokens, at least 512, at most the model's context."""
+    prompt plus the longest completion (config.longest_completion), at least 512, at most the model's context."""
     from r1zero.rollout.vllm_engine import VLLMSettings
 
-    length = config.vllm_max_model_len or max(512, longest_prompt + config.max_new_tokens)
+    length = config.vllm_max_model_len or max(512, longest_prompt + config.longest_completion())
     context = context_length(model_path)
     return VLLMSettings.from_config(config, min(length, context) if context else length)
 
@@ -352,7 +361,8 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
     (UpdateSettings.needs_old_logprobs), that engine's gap to the trainer and the rollout correction (engine_gap),
     and the advantages: within each group, or GAE with the critic (whose numbers come back too)."""
     config, device, kl = run.config, run.device, run.settings.kl
-    sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device)
+    sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device,
+                               batch.sampled_mask)
     count = len(batch.completions)
     chunk = config.microbatch_size or config.minibatch_size or count
     chunk_tokens, compute = run.settings.logprob_chunk_tokens, run.settings.compute
@@ -364,14 +374,17 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
     old_logprobs = None
     if run.settings.needs_old_logprobs(count, batch.engine_logprobs is not None):
         old_logprobs = score_logprobs(run.policy, sequences, chunk, chunk_tokens, compute)
+    sampled = sequences.policy_mask  # (N, T) the tokens the policy sampled (a tool's output: 0)
     loss_mask = None
     if config.mask_truncated:  # DAPO's overlong filtering: cut-off responses do not count in the loss
-        stopped = torch.tensor(batch.stopped, dtype=sequences.completion_mask.dtype, device=device)  # (N,)
-        loss_mask = sequences.completion_mask * stopped[:, None]  # (N, T)
+        stopped = torch.tensor(batch.stopped, dtype=sampled.dtype, device=device)  # (N,)
+        loss_mask = sampled * stopped[:, None]  # (N, T)
+    if config.drop_void_turns and batch.tool_calls is not None:  # SimpleTIR: void-turn completions get no weight
+        kept = torch.tensor([not void for void in void_turns(run, batch)], dtype=sampled.dtype, device=device)
+        loss_mask = (sampled if loss_mask is None else loss_mask) * kept[:, None]  # (N, T)
     gap = None
     if batch.engine_logprobs is not None:  # vLLM: measure its gap to the trainer, and correct for it
-        gap = engine_gap(old_logprobs, batch.engine_logprobs,
-                         sequences.completion_mask if loss_mask is None else loss_mask, sequences.completion_mask,
+        gap = engine_gap(old_logprobs, batch.engine_logprobs, sampled if loss_mask is None else loss_mask, sampled,
                          run.settings)
         loss_mask = gap.loss_mask
     reward = batch.reward_matrix(config.group_size)  # (B, G)
@@ -380,7 +393,7 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
         advantages = run.advantage(reward, ADVANTAGE_EPS).flatten().to(device)  # (N,)
     else:
         ppo = ppo_advantages(run.critic, sequences, reward.flatten().to(device),
-                             sequences.completion_mask if loss_mask is None else loss_mask, kl, old_logprobs,
+                             sampled if loss_mask is None else loss_mask, kl, old_logprobs,
                              ref_logprobs, config.gae_gamma, config.gae_lambda, config.whiten_advantages, chunk)
         advantages, critic_fields = ppo.advantages, {"old_values": ppo.old_values, "returns": ppo.returns}
     rollout = Rollout.of(sequences, advantages=advantages, loss_mask=loss_mask, old_logprobs=old_logprobs,
@@ -454,7 +467,7 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
                  sync: dict, clock: StepClock) -> dict:
     """The step's record of metrics.jsonl (every key is documented in metric_names.METRICS)."""
     reward = batch.reward_matrix(run.config.group_size)  # (B, G)
-    rewards, lengths, seconds = batch.rewards, [len(c) for c in batch.completions], clock.seconds()
+    rewards, lengths, seconds = batch.rewards, batch.sampled_lengths(), clock.seconds()
     kl = run.settings.kl
     critic, engine = {}, {}
     if gap is not None:
@@ -486,9 +499,28 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
         "throughput/tokens_per_second": sum(lengths) / seconds,
         **batch.counts,  # dynamic_sampling/...
         **critic,
+        **(tool_metrics(run, batch) if batch.tool_calls is not None else {}),
         **engine,  # rollout/... with vLLM
         **sync,  # ray/... with rollout workers, time/weight_sync_seconds with vLLM
     }
+
+
+def void_turns(run: Run, batch: StepBatch) -> list[bool]:
+    """(N,) whether each completion ended in a void turn (r1zero.rollout.tool_use.is_void)."""
+    settings = tool_settings(run.config)
+    return [is_void(completion, mask, len(calls), run.tokenizer, settings)
+            for completion, mask, calls in zip(batch.completions, batch.sampled_mask, batch.tool_calls)]
+
+
+def tool_metrics(run: Run, batch: StepBatch) -> dict:
+    """tools/...: how often the completions called the tool, how the calls ended, the sandbox's time."""
+    calls = [call for row in batch.tool_calls for call in row]
+    share = lambda status: sum(call.status == status for call in calls) / max(1, len(calls))  # noqa: E731
+    return {names.TOOL_CALLS_MEAN: len(calls) / len(batch.tool_calls),
+            names.TOOL_COMPLETIONS_WITH_CALL: sum(bool(row) for row in batch.tool_calls) / len(batch.tool_calls),
+            "tools/error_rate": share("error"), "tools/timeout_rate": share("timeout"),
+            "tools/seconds": batch.tool_seconds,
+            "tools/void_turn_rate": sum(void_turns(run, batch)) / len(batch.tool_calls)}
 
 
 def log_step(run: Run, step: int, metrics: dict) -> None:

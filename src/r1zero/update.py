@@ -42,6 +42,13 @@ class Sequences:
     group_index: torch.Tensor  # (N,) the prompt row each completion answers
     completion_ids: torch.Tensor  # (N, T) right-padded completions
     completion_mask: torch.Tensor  # (N, T) float, 1 on completion tokens
+    sampled_mask: torch.Tensor | None = None  # (N, T) float, 1 on tokens the policy sampled, 0 on a tool's output
+    # and on padding; None: every completion token was sampled (no tools)
+
+    @property
+    def policy_mask(self) -> torch.Tensor:
+        """(N, T) the tokens the policy sampled: the only ones a loss, a KL, an advantage or a length counts."""
+        return self.completion_mask if self.sampled_mask is None else self.sampled_mask
 
     def rows(self, index):
         """The completion rows `index` (a slice or index tensor) of every per-completion tensor; prompts are kept
@@ -77,12 +84,12 @@ class Sequences:
                                    self.completion_mask, with_entropy, chunk_tokens, single_pass)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rollout(Sequences):
     """Sequences with everything the update needs, built once (Rollout.of) when all of it is known."""
 
     advantages: torch.Tensor  # (N,) one per completion, or (N, T) one per token (GAE)
-    loss_mask: torch.Tensor | None = None  # (N, T) tokens that count in the loss; None: completion_mask
+    loss_mask: torch.Tensor | None = None  # (N, T) tokens that count in the loss; None: policy_mask
     old_logprobs: torch.Tensor | None = None  # (N, T) under the generating policy; None: the current one (mu = 1)
     ref_logprobs: torch.Tensor | None = None  # (N, T) under the reference; only when the KL is a loss term
     old_values: torch.Tensor | None = None  # (N, T) the critic's values at generation time (PPO)
@@ -95,13 +102,14 @@ class Rollout(Sequences):
 
     @property
     def token_mask(self) -> torch.Tensor:
-        """(N, T) the tokens that count in the loss."""
-        return self.completion_mask if self.loss_mask is None else self.loss_mask
+        """(N, T) the tokens that count in the loss (never a tool's output)."""
+        return self.policy_mask if self.loss_mask is None else self.loss_mask
 
 
 def pack_sequences(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
-                   device) -> Sequences:
-    """Left-pad the B prompts into (B, P) and right-pad the N = B*G completions into (N, T)."""
+                   device, sampled_masks: list[list[int]] | None = None) -> Sequences:
+    """Left-pad the B prompts into (B, P) and right-pad the N = B*G completions into (N, T); with tools, their
+    sampled masks (one flag per completion token) into (N, T) too."""
     prompt_ids, prompt_mask = left_padded(prompts, pad_id)  # (B, P)
     completion_width = max(1, max(len(c) for c in completions))
     completion_ids = torch.full((len(completions), completion_width), pad_id, dtype=torch.long)  # (N, T)
@@ -111,8 +119,14 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[int]], group
             completion_ids[i, :len(completion)] = torch.tensor(completion)
             completion_mask[i, :len(completion)] = 1.0
     group_index = torch.arange(len(prompts)).repeat_interleave(group_size)  # (N,)
+    sampled = None
+    if sampled_masks is not None:
+        sampled = torch.zeros_like(completion_mask)  # (N, T)
+        for i, mask in enumerate(sampled_masks):
+            sampled[i, :len(mask)] = torch.tensor(mask, dtype=sampled.dtype)
+        sampled = sampled.to(device)
     return Sequences(prompt_ids.to(device), prompt_mask.to(device), group_index.to(device), completion_ids.to(device),
-                     completion_mask.to(device))
+                     completion_mask.to(device), sampled)
 
 
 def pack_rollout(prompts: list[list[int]], completions: list[list[int]], group_size: int, pad_id: int,
@@ -157,13 +171,14 @@ class EngineGap(NamedTuple):
 
 
 def engine_gap(old_logprobs: torch.Tensor, engine_logprobs: list[list[float]], token_mask: torch.Tensor,
-               completion_mask: torch.Tensor, settings: "UpdateSettings") -> EngineGap:
+               sampled_mask: torch.Tensor, settings: "UpdateSettings") -> EngineGap:
     """The mismatch between the trainer's log-probabilities of the generating policy (old_logprobs (N, T)) and
-    the engine's (one list per completion), and settings.rollout_correction applied over token_mask (N, T)."""
+    the engine's (one list per completion), over the sampled tokens (sampled_mask (N, T): a tool's output has no
+    engine log-probability), and settings.rollout_correction applied over token_mask (N, T)."""
     engine = torch.zeros_like(old_logprobs)  # (N, T)
     for row, values in enumerate(engine_logprobs):
         engine[row, :len(values)] = torch.tensor(values, dtype=engine.dtype)
-    mismatch = algorithms.logprob_mismatch(old_logprobs, engine, completion_mask)
+    mismatch = algorithms.logprob_mismatch(old_logprobs, engine, sampled_mask)
     correction = settings.rollout_correction(old_logprobs, engine, token_mask, settings.rollout_correction_cap,
                                              settings.rollout_correction_level)
     weights = None if bool((correction.weights == 1).all()) else correction.weights  # all 1: the loss as it is
@@ -406,6 +421,31 @@ class PolicyStats:
     skipped_updates: int = 0
 
 
+class LossTerms(NamedTuple):
+    """A micro-batch's policy loss per token, before the aggregation weights."""
+
+    per_token_loss: torch.Tensor  # (n, t) the surrogate (times TIS's weights) plus beta x KL when in the loss
+    is_clipped: torch.Tensor  # (n, t) bool
+    kl: torch.Tensor | None  # (n, t) the KL estimate to the reference, or None when the KL is not a loss term
+
+
+def policy_loss_terms(logprobs: torch.Tensor, micro: Rollout, settings: UpdateSettings) -> LossTerms:
+    """settings.policy_loss on the micro-batch's log-probabilities (n, t) under the policy being updated, over
+    micro.token_mask (the sampled tokens: a tool's output never reaches a loss), TIS's weights, and beta x KL when
+    the KL is a loss term. The loss is (per_token_loss * aggregation weights).sum()."""
+    old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
+    policy = settings.policy_loss(logprobs, old, micro.advantages, micro.token_mask, settings.clip_low,
+                                  settings.clip_high)
+    per_token = policy.per_token_loss  # (n, t)
+    if micro.correction_weights is not None:  # TIS: the engine sampled from pi_engine, not pi_old
+        per_token = per_token * micro.correction_weights
+    penalty = None
+    if settings.kl is not None and settings.kl.in_loss:
+        penalty = settings.kl.estimator(logprobs, micro.ref_logprobs)  # (n, t)
+        per_token = per_token + settings.kl.coef * penalty
+    return LossTerms(per_token, policy.is_clipped, penalty)
+
+
 def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], settings: UpdateSettings,
                   parallel=ONE_PROCESS) -> PolicyStats:
     """The policy's optimiser steps (minibatch_steps): per token, settings.policy_loss plus beta x KL when the KL
@@ -421,18 +461,12 @@ def update_policy(model, optimizer, rollout: Rollout, plan: list[Minibatch], set
         mask = micro.token_mask  # (n, t)
         with autocast(model, settings.compute):
             logprobs, entropy = micro.logprobs(model, True, settings.logprob_chunk_tokens, single_pass)  # (n, t)
-        old = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs
-        policy = settings.policy_loss(logprobs, old, micro.advantages, mask, settings.clip_low, settings.clip_high)
-        per_token = policy.per_token_loss  # (n, t)
-        if micro.correction_weights is not None:  # TIS: the engine sampled from pi_engine, not pi_old
-            per_token = per_token * micro.correction_weights
+        terms = policy_loss_terms(logprobs, micro, settings)
         token_sums = {"kl": 0.0, "entropy": (entropy * mask).sum().item(),
-                      "clip_fraction": (policy.is_clipped.float() * mask).sum().item()}
-        if kl is not None:
-            penalty = kl.estimator(logprobs, micro.ref_logprobs)  # (n, t)
-            per_token = per_token + kl.coef * penalty
-            token_sums["kl"] = (penalty.detach() * mask).sum().item()
-        return (per_token * weights).sum(), token_sums
+                      "clip_fraction": (terms.is_clipped.float() * mask).sum().item()}
+        if terms.kl is not None:
+            token_sums["kl"] = (terms.kl.detach() * mask).sum().item()
+        return (terms.per_token_loss * weights).sum(), token_sums
 
     totals = minibatch_steps(list(model.parameters()), optimizer, rollout, plan, settings.aggregation,
                              settings.max_new_tokens, settings.max_grad_norm, micro_loss,
@@ -460,7 +494,7 @@ def ppo_advantages(critic, sequences: Sequences, rewards: torch.Tensor, token_ma
     (N,) sits on each response's last token; with the KL in the reward, beta x KL(old, ref) is taken off every
     token's reward. token_mask (N, T): the tokens whitening counts."""
     values = critic.values(sequences, chunk)  # (N, T)
-    mask = sequences.completion_mask
+    mask = sequences.policy_mask  # GAE steps over sampled tokens only: a tool's output is not an action
     token_rewards = algorithms.outcome_token_rewards(rewards, mask)  # (N, T)
     reward_kl = None
     if kl is not None and kl.in_reward:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from r1zero.models import autocast, cache_keyword, last_logits_only, left_padded
-from r1zero.rollout import Generation, fast_decode
+from r1zero.rollout import Generation, RowStream, fast_decode
 
 
 COMPACT_BELOW = 0.85  # fast path: finished rows leave the batch once the live ones are below this share of it
@@ -20,6 +20,20 @@ def sample_uniforms(seeds: list[int], samples_per_prompt: int, max_new_tokens: i
     prompt's samples are the same whichever batch, process or machine generates it."""
     return torch.cat([torch.rand(samples_per_prompt, max_new_tokens, generator=torch.Generator().manual_seed(seed))
                       for seed in seeds])
+
+
+def stream_uniforms(streams: list[RowStream], budgets: list[int]) -> torch.Tensor:
+    """(n, max budget) the next draws of each row's stream: row `sample` of sample_uniforms([seed], ., T), from
+    column `offset` on, T = offset + budget (the whole generation's width: a row's sampled tokens never pass
+    max_new_tokens). The generator fills a tensor in order, so row g of a (G, T) draw is the stream's elements
+    g*T .. g*T+T-1, whatever G is. Columns past a row's budget are 0 and never read."""
+    width = max(budgets)
+    uniforms = torch.zeros(len(streams), width)
+    for row, ((seed, sample, offset), budget) in enumerate(zip(streams, budgets)):
+        total = offset + budget  # T
+        draws = torch.rand(sample * total + total, generator=torch.Generator().manual_seed(seed))
+        uniforms[row, :budget] = draws[sample * total + offset:]
+    return uniforms
 
 
 class TransformersEngine:
@@ -42,10 +56,6 @@ class TransformersEngine:
         self.eos_ids.update(configured if isinstance(configured, list) else [configured])
         self.eos_ids.discard(None)
         self.stop_string = stop_string
-        stop_ids = tokenizer.encode(stop_string, add_special_tokens=False)
-        # One token: compare ids. Several: decode the tail of each row (token boundaries vary with context).
-        self.stop_token = stop_ids[0] if len(stop_ids) == 1 else None
-        self.tail_tokens = len(stop_ids) + 2
         self.cache_argument = cache_keyword(model)
         self.last_logits_only = last_logits_only(model)  # the prefill needs the last position's logits only
 
@@ -71,8 +81,18 @@ class TransformersEngine:
         token = torch.searchsorted(cdf, uniforms[:, None].to(cdf) * cdf[:, -1:], right=True).squeeze(-1)  # (n,)
         return token.clamp(max=logits.shape[-1] - 1)
 
-    def _ends_with_stop(self, row_tokens: list[int]) -> bool:
-        return self.stop_string in self.tokenizer.decode(row_tokens[-self.tail_tokens:])
+    def _stops(self, stop: tuple[str, ...]) -> tuple[dict[int, str], list[str], int]:
+        """(stop strings of one token by id, the other stop strings, how many trailing tokens to decode to find
+        those). One token: compare ids. Several: decode the tail of each row (token boundaries vary with context)."""
+        by_token, longer, tail = {}, [], 0
+        for string in stop:
+            ids = self.tokenizer.encode(string, add_special_tokens=False)
+            if len(ids) == 1:
+                by_token[ids[0]] = string
+            else:
+                longer.append(string)
+                tail = max(tail, len(ids) + 2)
+        return by_token, longer, tail
 
     @torch.no_grad()
     def generate(
@@ -83,13 +103,34 @@ class TransformersEngine:
         temperature: float,
         generator: torch.Generator | None = None,
         seeds: list[int] | None = None,
+        stop: tuple[str, ...] | None = None,
     ) -> Generation:
         """Prefill each prompt once and share its KV cache among its G samples; drop rows as they finish."""
+        uniforms = None if seeds is None else sample_uniforms(seeds, samples_per_prompt, max_new_tokens)  # (N, T)
+        budgets = [max_new_tokens] * (len(prompts) * samples_per_prompt)
         with autocast(self.model, self.compute):
-            return self._generate(prompts, samples_per_prompt, max_new_tokens, temperature, generator, seeds)
+            return self._generate(prompts, samples_per_prompt, budgets, temperature, generator, uniforms,
+                                  stop or (self.stop_string,))
 
-    def _generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
-                  generator: torch.Generator | None, seeds: list[int] | None) -> Generation:
+    @torch.no_grad()
+    def extend(
+        self,
+        contexts: list[list[int]],
+        budgets: list[int],
+        temperature: float,
+        generator: torch.Generator | None = None,
+        streams: list[RowStream] | None = None,
+        stop: tuple[str, ...] | None = None,
+    ) -> Generation:
+        """Each context (prompt + completion so far) prefilled again as a prompt of its own, then sampled on, at
+        most budgets[i] tokens; with `streams`, each row's draws continue its own stream (stream_uniforms)."""
+        uniforms = None if streams is None else stream_uniforms(streams, budgets)  # (n, max budget)
+        with autocast(self.model, self.compute):
+            return self._generate(contexts, 1, budgets, temperature, generator, uniforms, stop or (self.stop_string,))
+
+    def _generate(self, prompts: list[list[int]], samples_per_prompt: int, budgets: list[int], temperature: float,
+                  generator: torch.Generator | None, uniforms: torch.Tensor | None,
+                  stop: tuple[str, ...]) -> Generation:
         from transformers import DynamicCache
 
         device = self.model.device
@@ -103,6 +144,7 @@ class TransformersEngine:
                             ).logits[:, -1]  # (B, V)
         logits = logits.repeat_interleave(samples_per_prompt, dim=0)  # (N, V)
         decoder = None
+        max_new_tokens = max(budgets)
         if self.fast_decode and fast_decode.supports(self.model):
             decoder = fast_decode.FastDecoder(self.model, cache, attention_mask, samples_per_prompt, max_new_tokens)
         else:
@@ -111,9 +153,10 @@ class TransformersEngine:
         next_position = position_ids[:, -1:].repeat_interleave(samples_per_prompt, dim=0) + 1  # (N, 1)
 
         rows = len(prompts) * samples_per_prompt
-        uniforms = None if seeds is None else sample_uniforms(seeds, samples_per_prompt, max_new_tokens)  # (N, T)
+        stop_by_token, stop_strings, tail = self._stops(stop)
         generated: list[list[int]] = [[] for _ in range(rows)]
         stopped = [False] * rows
+        ended_by: list[str | None] = [None] * rows  # the stop string that ended each row
         # Finished rows leave the batch (and the cache) once the live ones are at most `compact_below` of it;
         # until then they ride along, fed padding, their logits unread. The plain path compacts at every finish
         # (its cache is only as long as the tokens so far); the fast path's cache spans the whole generation, so
@@ -130,12 +173,16 @@ class TransformersEngine:
             still = []
             for position, row, value in zip(live, live_rows, sampled.tolist()):
                 generated[row].append(value)
-                if value in self.eos_ids or value == self.stop_token or (
-                        self.stop_token is None and self._ends_with_stop(generated[row])):
+                if value in self.eos_ids:
                     stopped[row] = True
-                else:
+                elif value in stop_by_token:
+                    stopped[row], ended_by[row] = True, stop_by_token[value]
+                elif stop_strings and (found := [string for string in stop_strings
+                                                 if string in self.tokenizer.decode(generated[row][-tail:])]):
+                    stopped[row], ended_by[row] = True, found[0]
+                elif len(generated[row]) < budgets[row]:
                     still.append(position)
-            if not still or t == max_new_tokens - 1:  # done: the next token's logits would go unread
+            if not still:  # done: the next token's logits would go unread
                 break
             if live_index is None:
                 token = sampled  # (n,)
@@ -157,4 +204,4 @@ class TransformersEngine:
                                     position_ids=next_position, use_cache=True,
                                     **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
             next_position = next_position + 1
-        return Generation(completions=generated, stopped=stopped)
+        return Generation(completions=generated, stopped=stopped, stop_strings=ended_by)

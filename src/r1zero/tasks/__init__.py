@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1zero.example import Example
-from r1zero.tasks import code, countdown, sums
+from r1zero.tasks import code, countdown, pair_sums, sums
 from r1zero.tasks.data import load_examples
 from r1zero.tasks.jsonl import DataError
 
-TASKS = {sums.NAME: sums, countdown.NAME: countdown, code.NAME: code}
+TASKS = {sums.NAME: sums, countdown.NAME: countdown, code.NAME: code, pair_sums.NAME: pair_sums}
 
 
 @dataclass
