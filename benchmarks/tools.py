@@ -61,9 +61,11 @@ def table_rows(results: list[dict]) -> list[list[str]]:
         runs = [r for r in results if r["tools"] == tools]
         column = lambda key, digits: mean_range([r[key] for r in runs], digits)  # noqa: E731
         gains = [100 * (r["pass@1"] - r["pass@1_start"]) for r in runs]
+        with_tools = tools != "none"  # without tools nothing runs: a call written is plain text, not counted
         rows.append([f"tools {tools}", column("pass@1_start", 3), column("pass@1", 3), mean_range(gains, 1),
-                     column("greedy", 3), column("completions_with_call_last", 2), column("seconds_per_step", 2),
-                     column("training_seconds", 0), column("sandbox_share", 2)])
+                     column("greedy", 3), column("completions_with_call_last", 2) if with_tools else "-",
+                     column("seconds_per_step", 2), column("training_seconds", 0),
+                     column("sandbox_share", 2) if with_tools else "-"])
     return rows
 
 

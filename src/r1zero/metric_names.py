@@ -36,9 +36,6 @@ LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 CORRECTED_FRACTION = "rollout/corrected_fraction"
 
 TOOLS_PREFIX = "tools/"  # with --tools: calls, their outcomes, the sandbox's time, SimpleTIR's void turns
-TOOL_CALLS_MEAN = "tools/calls_mean"
-TOOL_COMPLETIONS_WITH_CALL = "tools/completions_with_call"
-
 
 # ---- every key of metrics.jsonl -------------------------------------------------------------------------------
 # (pattern, when it is written, meaning). In a pattern, <component> is a reward name (accuracy, format, your own),
@@ -102,8 +99,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("time/weight_sync_seconds", "with rollout_engine vllm or rollout_workers",
      "loading the new weights into the engine, or publishing them to the workers"),
     ("ray/rollout_worker_restarts", "with rollout_workers", "rollout workers replaced this step after dying"),
-    (TOOL_CALLS_MEAN, "with tools", "tool calls per completion (refused calls included)"),
-    (TOOL_COMPLETIONS_WITH_CALL, "with tools", "share of completions that called the tool at least once"),
+    (TOOLS_PREFIX + "calls_mean", "with tools", "tool calls per completion (refused calls included)"),
+    (TOOLS_PREFIX + "completions_with_call", "with tools", "share of completions that called the tool at least once"),
     (TOOLS_PREFIX + "error_rate", "with tools",
      "share of calls that raised, did not parse, or had no start marker (status error)"),
     (TOOLS_PREFIX + "timeout_rate", "with tools", "share of calls stopped at tool_timeout_seconds (status timeout)"),

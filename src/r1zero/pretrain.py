@@ -191,9 +191,9 @@ TOOL_DIALOGUE_STYLES = {"worked": 0.3, "restated": 0.35, "called": 0.2, "answer"
 def small_dialogue_document(rng: random.Random) -> str:
     """The template, told half the time that Python may be run, around a question that is not the task: a sum of
     two one-digit numbers (answered as DIALOGUE_STYLES says), or a difference of two two-digit numbers, a two-digit
-    number plus a one-digit one, or a product of two one-digit numbers (answered as TOOL_DIALOGUE_STYLES says: a
+    number plus a one-digit one (either way round), or a product of two one-digit numbers (answered as TOOL_DIALOGUE_STYLES says: a
     fifth of them with a call). Never a sum of two two-digit numbers."""
-    kind = rng.choices(["sum", "difference", "offset", "product"], [0.3, 0.25, 0.25, 0.2])[0]
+    kind = rng.choices(["sum", "difference", "offset", "product"], [0.25, 0.25, 0.3, 0.2])[0]
     a, b = rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT), rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT)
     if kind == "sum":
         expression, value = f"{a} + {b}", a + b
@@ -201,9 +201,9 @@ def small_dialogue_document(rng: random.Random) -> str:
         a, b = sorted((rng.randint(pair_sums.LOW, pair_sums.HIGH), rng.randint(pair_sums.LOW, pair_sums.HIGH)),
                       reverse=True)
         expression, value = f"{a} - {b}", a - b
-    elif kind == "offset":
+    elif kind == "offset":  # a two-digit number and a one-digit one, either way round
         a = rng.randint(pair_sums.LOW, pair_sums.HIGH)
-        expression, value = f"{a} + {b}", a + b
+        expression, value = (f"{a} + {b}" if rng.random() < 0.5 else f"{b} + {a}"), a + b
     else:
         expression, value = f"{a} * {b}", a * b
     styles = DIALOGUE_STYLES if kind == "sum" else TOOL_DIALOGUE_STYLES

@@ -55,7 +55,7 @@ from r1zero.models import (PRECISIONS, context_length, load_model, load_policy, 
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout import RolloutEngine
-from r1zero.rollout.tool_use import is_void, tool_settings, with_tools
+from r1zero.rollout.tool_use import tool_metrics, tool_settings, void_flags, with_tools
 from r1zero.rollout.transformers_engine import TransformersEngine
 from r1zero.templates import STOP_STRING, encode_prompts, tool_sentence
 from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
@@ -499,7 +499,8 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
         "throughput/tokens_per_second": sum(lengths) / seconds,
         **batch.counts,  # dynamic_sampling/...
         **critic,
-        **(tool_metrics(run, batch) if batch.tool_calls is not None else {}),
+        **(tool_metrics(batch.tool_calls, batch.tool_seconds, void_turns(run, batch))
+           if batch.tool_calls is not None else {}),  # tools/... with tools
         **engine,  # rollout/... with vLLM
         **sync,  # ray/... with rollout workers, time/weight_sync_seconds with vLLM
     }
@@ -507,20 +508,7 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
 
 def void_turns(run: Run, batch: StepBatch) -> list[bool]:
     """(N,) whether each completion ended in a void turn (r1zero.rollout.tool_use.is_void)."""
-    settings = tool_settings(run.config)
-    return [is_void(completion, mask, len(calls), run.tokenizer, settings)
-            for completion, mask, calls in zip(batch.completions, batch.sampled_mask, batch.tool_calls)]
-
-
-def tool_metrics(run: Run, batch: StepBatch) -> dict:
-    """tools/...: how often the completions called the tool, how the calls ended, the sandbox's time."""
-    calls = [call for row in batch.tool_calls for call in row]
-    share = lambda status: sum(call.status == status for call in calls) / max(1, len(calls))  # noqa: E731
-    return {names.TOOL_CALLS_MEAN: len(calls) / len(batch.tool_calls),
-            names.TOOL_COMPLETIONS_WITH_CALL: sum(bool(row) for row in batch.tool_calls) / len(batch.tool_calls),
-            "tools/error_rate": share("error"), "tools/timeout_rate": share("timeout"),
-            "tools/seconds": batch.tool_seconds,
-            "tools/void_turn_rate": sum(void_turns(run, batch)) / len(batch.tool_calls)}
+    return void_flags(batch.completions, batch.sampled_mask, batch.tool_calls, run.tokenizer, tool_settings(run.config))
 
 
 def log_step(run: Run, step: int, metrics: dict) -> None:

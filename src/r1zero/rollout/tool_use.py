@@ -219,3 +219,21 @@ def is_void(completion: list[int], sampled_mask: list[int], calls: int, tokenize
         return False
     text = tokenizer.decode(last_turn(completion, sampled_mask))
     return settings.answer_start not in text and settings.call_end not in text
+
+
+def void_flags(completions: list[list[int]], sampled_masks: list[list[int]], calls: list[list[ToolCall]], tokenizer,
+               settings: ToolSettings) -> list[bool]:
+    """is_void for each completion."""
+    return [is_void(completion, mask, len(row), tokenizer, settings)
+            for completion, mask, row in zip(completions, sampled_masks, calls)]
+
+
+def tool_metrics(calls: list[list[ToolCall]], seconds: float, voids: list[bool]) -> dict[str, float]:
+    """A step's tools/ metrics (r1zero.metric_names.METRICS) from each completion's calls, the wall time generation
+    waited for them and each completion's void flag."""
+    flat = [call for row in calls for call in row]
+    share = lambda status: sum(call.status == status for call in flat) / max(1, len(flat))  # noqa: E731
+    return {"tools/calls_mean": len(flat) / len(calls),
+            "tools/completions_with_call": sum(bool(row) for row in calls) / len(calls),
+            "tools/error_rate": share("error"), "tools/timeout_rate": share("timeout"), "tools/seconds": seconds,
+            "tools/void_turn_rate": sum(voids) / len(calls)}
