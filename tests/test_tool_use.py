@@ -8,7 +8,7 @@ from r1zero import algorithms
 from r1zero.rollout import Generation, RowStream, model_text
 from r1zero.rollout.tool_use import ToolSettings, ToolUse, is_void
 from r1zero.rollout.transformers_engine import TransformersEngine, stream_uniforms
-from r1zero.tools import ToolLimits
+from r1zero.tools import STATUSES, ToolLimits, ToolRunner
 
 
 # ---- a byte-level BPE tokenizer, trained here, as real models' are ------------------------------------------
@@ -155,8 +155,7 @@ def test_hostile_calls_are_contained_shown_to_the_model_and_the_rollout_goes_on(
     for row, (code, (status, shown)) in enumerate(HOSTILE.items()):
         (call,) = result.tool_calls[row]
         text = bpe.decode(result.completions[row])
-        if status is not None:
-            assert call.status == status, (code, call, text)
+        assert call.status == status if status is not None else call.status in STATUSES, (code, call, text)
         assert shown in text and result.completions[row][-len(answer):] == answer, code  # the row went on
         assert result.stopped[row]
     # the printed </answer> did not end the row, and the rewards never read the tool's output
@@ -356,3 +355,45 @@ def test_drop_void_turns_takes_those_completions_out_of_the_loss(tmp_path, monke
     assert plain["grad_norm"] > 0 and logged["grad_norm"] == plain["grad_norm"]
     assert logged["tools/void_turn_rate"] == 1 and dropped["tools/void_turn_rate"] == 1
     assert dropped["grad_norm"] == 0 and dropped["loss"] == 0
+
+
+def test_printed_special_tokens_stay_text_in_the_output(bpe):
+    tools = ToolUse(ScriptedEngine(bpe, [[]]), bpe, ToolSettings())
+    inserted = tools.output_ids("<|endoftext|> 3\n")
+    assert bpe.eos_token_id not in inserted and "<|endoftext|>" in bpe.decode(inserted)
+
+
+def test_the_tool_runner_keeps_order_and_survives_a_dead_or_stuck_helper():
+    import os
+    import signal
+
+    runner = ToolRunner(2)
+    try:
+        results = runner.run("python", [f"print({i} * {i})" for i in range(9)])
+        assert [r.text for r in results] == [f"{i * i}\n" for i in range(9)]  # in order, across both helpers
+        runner.helpers[0].kill()  # dies between batches: started again
+        assert runner.run("python", ["print(1)"] * 3)[0].text == "1\n"
+        os.kill(runner.helpers[1].pid, signal.SIGSTOP)  # stuck: its answers never come
+        runner.MARGIN_SECONDS = 1.0
+        stuck = runner.helpers[1]
+        results = runner.run("python", [f"print({i})" for i in range(4)], ToolLimits(wall_seconds=0.5))
+        assert [r.text for r in results] == [f"{i}\n" for i in range(4)]  # run again, on fresh helpers
+        assert stuck not in runner.helpers and stuck.poll() is not None
+    finally:
+        runner.close()
+
+
+def test_prompts_are_measured_with_the_tool_sentence():
+    from r1zero.config import TrainConfig
+    from r1zero.models import SHIPPED_TOOLS_MODEL, load_tokenizer
+    from r1zero.preflight import measure_prompts
+    from r1zero.tasks import load_problems
+
+    tokenizer = load_tokenizer(SHIPPED_TOOLS_MODEL)
+    problems = load_problems("pair_sums", None, None, 4, 0)
+    with_tools, without = TrainConfig(tools="python"), TrainConfig(tools="python", tool_prompt=False)
+    assert without.extra_instruction() == "" and TrainConfig().extra_instruction() == ""
+    longer = measure_prompts(problems, tokenizer, "r1_zero", with_tools.extra_instruction())
+    plain = measure_prompts(problems, tokenizer, "r1_zero", without.extra_instruction())
+    sentence = len(tokenizer(" " + with_tools.extra_instruction(), add_special_tokens=False)["input_ids"])
+    assert [a - b for (_, a), (_, b) in zip(longer, plain)] == [sentence] * len(plain)

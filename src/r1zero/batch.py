@@ -143,9 +143,10 @@ def collect_batch(problems, encode, engine, scorer, tokenizer, config, step: int
         return first
     kept: list[StepBatch] = []
     dropped: list[StepBatch] = []
-    have, rounds, batch = 0, 0, first
+    have, rounds, batch, waited = 0, 0, first, 0.0
     while True:
         rounds += 1
+        waited += batch.tool_seconds
         informative = informative_groups(batch.reward_matrix(config.group_size)).tolist()
         useful = [g for g, ok in enumerate(informative) if ok][: size - have]
         kept.append(batch.select_groups(useful, config.group_size))
@@ -157,6 +158,7 @@ def collect_batch(problems, encode, engine, scorer, tokenizer, config, step: int
     filling = concatenate(dropped)
     filled = min(size - have, len(filling.prompts))
     result = concatenate(kept + [filling.select_groups(list(range(filled)), config.group_size)])
+    result.tool_seconds = waited  # each round's wait once (its kept and dropped groups both carry it)
     result.counts = {"dynamic_sampling/rounds": rounds, "dynamic_sampling/kept_groups": have,
                      "dynamic_sampling/dropped_groups": sum(len(d.prompts) for d in dropped),
                      "dynamic_sampling/filled_groups": filled}

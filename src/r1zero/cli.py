@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--output-dir", default="base-model")
     pre.add_argument("--steps", type=int, default=0, help="optimiser steps (0: the shipped model's schedule)")
     pre.add_argument("--corpus", default="sums", choices=("sums", "tools"),
-                     help="sums: the built-in model (builtin); tools: the tool model (builtin-tools, for --tools python)")
+                     help="sums: the built-in model (builtin); tools: the tool model (builtin-tools, for --tools "
+                          "python)")
     pre.set_defaults(run=command_pretrain)
     return parser
 

@@ -381,6 +381,15 @@ class TrainConfig:
 
     # -------------------------------------------------------------------------------------------------
 
+    def extra_instruction(self) -> str:
+        """The sentence the template's instruction gets with tools and tool_prompt (templates.tool_sentence), or
+        "": part of every prompt, so every prompt length is measured with it."""
+        if self.tools == "none" or not self.tool_prompt:
+            return ""
+        from r1zero.templates import tool_sentence
+
+        return tool_sentence(self.tool_call_start, self.tool_call_end, self.tool_output_start, self.tool_output_end)
+
     def longest_completion(self, marker_tokens: int = 16) -> int:
         """The most tokens a completion can hold: max_new_tokens, plus with tools (max_tool_calls + 1) outputs of
         tool_output_tokens and their two markers (marker_tokens: a generous bound for the markers of any

@@ -130,7 +130,7 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
     context = context_length(model_path)
-    measured = measure_prompts(problems, tokenizer, config.template)
+    measured = measure_prompts(problems, tokenizer, config.template, config.extra_instruction())
     if context is not None:
         sources = {Path(path).name: path for path in (config.dataset, config.eval_dataset) if path}
         check_prompts_fit(measured, config.template, config.longest_completion(), context, model_path / "config.json",
@@ -187,10 +187,11 @@ def step_memory_estimate(config: TrainConfig, model_path: Path, prompt_tokens: i
     return estimate
 
 
-def measure_prompts(problems: ProblemSource, tokenizer, template: str) -> list[tuple[Example, int]]:
-    """(problem, tokens of its templated prompt) for every held-out and training problem, or the PROMPTS_MEASURED
-    longest in characters when there are more; for a generated task, the held-out problems and GENERATED_SAMPLE
-    training problems."""
+def measure_prompts(problems: ProblemSource, tokenizer, template: str,
+                    extra_instruction: str = "") -> list[tuple[Example, int]]:
+    """(problem, tokens of its templated prompt, with the extra instruction a run with tools adds) for every
+    held-out and training problem, or the PROMPTS_MEASURED longest in characters when there are more; for a
+    generated task, the held-out problems and GENERATED_SAMPLE training problems."""
     candidates = list(problems.held_out)
     if problems.train_examples is not None:
         candidates += problems.train_examples
@@ -198,7 +199,7 @@ def measure_prompts(problems: ProblemSource, tokenizer, template: str) -> list[t
         candidates += problems.generated_task.sample_train(random.Random(0), GENERATED_SAMPLE)
     if len(candidates) > PROMPTS_MEASURED:
         candidates = sorted(candidates, key=lambda example: len(example.prompt))[-PROMPTS_MEASURED:]
-    texts = [build_prompt(example.prompt, template, tokenizer) for example in candidates]
+    texts = [build_prompt(example.prompt, template, tokenizer, extra_instruction) for example in candidates]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return list(zip(candidates, lengths))
 

@@ -191,8 +191,8 @@ TOOL_DIALOGUE_STYLES = {"worked": 0.3, "restated": 0.35, "called": 0.2, "answer"
 def small_dialogue_document(rng: random.Random) -> str:
     """The template, told half the time that Python may be run, around a question that is not the task: a sum of
     two one-digit numbers (answered as DIALOGUE_STYLES says), or a difference of two two-digit numbers, a two-digit
-    number plus a one-digit one (either way round), or a product of two one-digit numbers (answered as TOOL_DIALOGUE_STYLES says: a
-    fifth of them with a call). Never a sum of two two-digit numbers."""
+    number plus a one-digit one (either way round) or a product of two one-digit numbers (answered as
+    TOOL_DIALOGUE_STYLES says: a fifth of them with a call). Never a sum of two two-digit numbers."""
     kind = rng.choices(["sum", "difference", "offset", "product"], [0.25, 0.25, 0.3, 0.2])[0]
     a, b = rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT), rng.randint(sums.MIN_DIGIT, sums.MAX_DIGIT)
     if kind == "sum":

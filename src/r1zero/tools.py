@@ -15,8 +15,8 @@ process, and nothing carries over from one call to the next. What the model is s
     limit     what it printed, then a line naming the limit it went past: output, memory or file size
 
 cut to its first `max_chars` characters, the line saying why it stopped kept (a rollout cuts again, to its token
-budget). A traceback names the program `main.py`, not its random folder, so the same call shows the same text. `sandbox_report()` says which
-layers of containment this machine enforces.
+budget). A traceback names the program `main.py`, not its random folder, so the same call shows the same text.
+`sandbox_report()` says which layers of containment this machine enforces. Many calls at once: ToolRunner.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from r1zero.rewards.sandbox import SandboxLimits, SandboxResult, run_python
+from r1zero.rewards.sandbox import SandboxLimits, SandboxResult, run_python, sandbox_capabilities
 
 TOOLS = ("python",)
 STATUSES = ("ok", "error", "timeout", "killed", "limit")
@@ -114,92 +115,117 @@ def outcome(result: SandboxResult, limits: ToolLimits) -> tuple[str, str]:
     return "ok", ""
 
 
-# ---- many calls at once, forked from a small process ------------------------------------------------------------
+# ---- many calls at once, forked from small processes ------------------------------------------------------------
 
 class ToolRunner:
-    """Runs batches of calls `concurrency` at a time in a helper process of its own.
+    """Runs batches of calls on `concurrency` helper processes, one call at a time each.
 
-    Why a helper: each call forks (subprocess with a pre-exec hook cannot use vfork), and a fork copies the page
+    Why helpers: each call forks (subprocess with a pre-exec hook cannot use vfork), and a fork copies the page
     tables of the process that forks. Forked from a training process holding a model, an optimiser and torch's
-    thread pools, a call costs several times what it costs forked from a small interpreter that has imported only
-    this module. The helper is a fresh interpreter (the trainer's sys.path, nothing else), takes one JSON line per
-    call on stdin and answers one per call on stdout, in any order, tagged with the call's index. If it dies, it is
-    started again and the batch run again (calls have no side effects outside their own folder)."""
+    thread pools, a step's calls took 2.7 times as long as forked from small interpreters that import only this
+    module. Each helper is a fresh interpreter (the trainer's sys.path, nothing else) with a single thread, so no
+    fork ever happens beside another thread; it takes one JSON line per call on stdin and answers one line per
+    call, in order. A batch that has not come back by its deadline (every call's time limit, plus a margin), or a
+    helper that dies or answers what cannot be read, stops the helpers; the batch is run once more on fresh ones
+    (calls have no side effects outside their own folder), and a second failure raises."""
+
+    MARGIN_SECONDS = 30.0  # beyond the calls' own limits: start-up, the sandbox's set-up and clean-up
 
     def __init__(self, concurrency: int = 4):
         self.concurrency = concurrency
-        self.process = None
+        self.helpers: list = []
 
     def _start(self) -> None:
         import subprocess
         import sys
 
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, str(self.concurrency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env={"PYTHONPATH": os.pathsep.join(path for path in sys.path if path), "PATH": os.environ.get("PATH", "")},
-            text=True, bufsize=1)
+        env = {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path), "PATH": os.environ.get("PATH", "")}
+        self.helpers = [subprocess.Popen([sys.executable, "-c", _SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         env=env) for _ in range(self.concurrency)]
 
     def run(self, name: str, codes: list[str], limits: ToolLimits = ToolLimits()) -> list[ToolResult]:
-        """run_tool(name, code, limits) for each of `codes`, concurrently; results in order."""
+        """run_tool(name, code, limits) for each of `codes`, `concurrency` at a time; results in order."""
         if not codes:
             return []
         if name not in TOOLS:
             raise ValueError(f"tool {name!r} is not one of r1zero's tools: {', '.join(TOOLS)}")
         for attempt in range(2):
-            if self.process is None or self.process.poll() is not None:
+            if not self.helpers or any(helper.poll() is not None for helper in self.helpers):
+                self.close()
                 self._start()
             try:
-                for index, code in enumerate(codes):
-                    self.process.stdin.write(json.dumps({"index": index, "tool": name, "code": code,
-                                                         "limits": dataclasses.asdict(limits)}) + "\n")
-                self.process.stdin.flush()
-                results: list[ToolResult | None] = [None] * len(codes)
-                for _ in codes:
-                    line = self.process.stdout.readline()
-                    if not line:
-                        raise BrokenPipeError("the tool helper exited")
-                    answer = json.loads(line)
-                    index = answer.pop("index")
-                    results[index] = ToolResult(**answer)
-                return results
-            except (BrokenPipeError, OSError):
-                self.close()
+                return self._run_batch(name, codes, limits)
+            except (OSError, ValueError, TypeError, KeyError, TimeoutError):
+                self.close()  # never read a stale answer as the next batch's
                 if attempt:
                     raise
+            except BaseException:
+                self.close()
+                raise
         raise AssertionError("unreachable")
 
+    def _run_batch(self, name: str, codes: list[str], limits: ToolLimits) -> list[ToolResult]:
+        import math
+        import select
+
+        count = len(self.helpers)
+        shares = {helper: list(range(index, len(codes), count)) for index, helper in enumerate(self.helpers)}
+        for helper, indices in shares.items():
+            requests = "".join(json.dumps({"tool": name, "code": codes[index], "limits": dataclasses.asdict(limits)})
+                               + "\n" for index in indices)
+            helper.stdin.write(requests.encode())
+            helper.stdin.flush()
+        deadline = time.monotonic() + limits.wall_seconds * math.ceil(len(codes) / len(self.helpers)) \
+            + self.MARGIN_SECONDS
+        results: list[ToolResult | None] = [None] * len(codes)
+        # raw reads of each helper's pipe (select sees only what no buffer has taken yet), split into lines here
+        waiting = {helper.stdout.fileno(): (iter(indices), len(indices)) for helper, indices in shares.items()
+                   if indices}
+        pending = {fd: b"" for fd in waiting}
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(codes)} tool calls did not come back within their limits")
+            ready, _, _ = select.select(list(waiting), [], [], remaining)
+            for fd in ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise OSError("a tool helper exited")
+                pending[fd] += chunk
+                indices, count = waiting[fd]
+                *lines, pending[fd] = pending[fd].split(b"\n")
+                for line in lines:
+                    results[next(indices)] = ToolResult(**json.loads(line))
+                    count -= 1
+                waiting[fd] = (indices, count)
+                if count == 0:
+                    del waiting[fd]
+        return results
+
     def close(self) -> None:
-        """Stop the helper (it also exits when this process does: its stdin closes)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
+        """Stop the helpers (they also exit when this process does: their stdin closes)."""
+        for helper in self.helpers:
+            helper.kill()
+            helper.wait()
+            for stream in (helper.stdin, helper.stdout):
                 stream.close()
-            self.process = None
+        self.helpers = []
 
 
-def serve(concurrency: int) -> None:
-    """The helper's loop (ToolRunner): a call per stdin line, run on a pool of `concurrency` threads, each result
-    written as one stdout line as soon as it is done; exits when stdin closes."""
+def serve() -> None:
+    """A helper's loop (ToolRunner): one call per stdin line, run in turn, each result written as one stdout line;
+    exits when stdin closes."""
     import sys
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    lock = threading.Lock()
-
-    def answer(request: dict) -> None:
+    sandbox_capabilities()  # probed once, before any call
+    for line in sys.stdin:
+        request = json.loads(line)
         try:
             result = run_tool(request["tool"], request["code"], ToolLimits(**request["limits"]))
         except Exception as error:  # an internal failure (the sandbox itself), told to the model as an error
             result = ToolResult(f"(the sandbox failed: {type(error).__name__})\n", "error", 0.0, None)
-        line = json.dumps({"index": request["index"], **dataclasses.asdict(result)})
-        with lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        for line in sys.stdin:
-            pool.submit(answer, json.loads(line))
+        sys.stdout.write(json.dumps(dataclasses.asdict(result)) + "\n")
+        sys.stdout.flush()
 
 
-_SERVE = "import sys; from r1zero.tools import serve; serve(int(sys.argv[1]))"
+_SERVE = "from r1zero.tools import serve; serve()"

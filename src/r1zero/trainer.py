@@ -57,7 +57,7 @@ from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout import RolloutEngine
 from r1zero.rollout.tool_use import tool_metrics, tool_settings, void_flags, with_tools
 from r1zero.rollout.transformers_engine import TransformersEngine
-from r1zero.templates import STOP_STRING, encode_prompts, tool_sentence
+from r1zero.templates import STOP_STRING, encode_prompts
 from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
 from r1zero.update import (ADVANTAGE_EPS, EngineGap, PolicyStats, PPOAdvantages, Rollout, UpdateSettings,
                            engine_gap, pack_sequences, ppo_advantages, reference_logprobs, score_logprobs, update_plan,
@@ -106,12 +106,9 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
 
 def prompt_ids(examples, config: TrainConfig, tokenizer) -> list[list[int]]:
     """The token ids of each example's prompt in the run's template (with --tools and tool_prompt, the template's
-    instruction says in one more sentence that the model may run Python)."""
-    extra = ""
-    if config.tools != "none" and config.tool_prompt:
-        extra = tool_sentence(config.tool_call_start, config.tool_call_end, config.tool_output_start,
-                              config.tool_output_end)
-    return encode_prompts([example.prompt for example in examples], config.template, tokenizer, extra)
+    instruction says in one more sentence that the model may run Python: config.extra_instruction)."""
+    return encode_prompts([example.prompt for example in examples], config.template, tokenizer,
+                          config.extra_instruction())
 
 
 @dataclass
@@ -160,6 +157,8 @@ class Run:
         self.scorer.close()
         self.logger.close()
         self.engine.close()
+        if self.eval_engine is not self.engine:
+            self.eval_engine.close()
         for actors in (self.workers, self.learners):
             if actors is not None:
                 actors.close()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
+import itertools
 import os
 import resource
 import selectors
@@ -442,7 +443,7 @@ _PIDS_CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
 class _PidsCgroup:
     """A cgroup v1 pids group of one run: caps its processes and lists them all for the final kill."""
 
-    counter = 0
+    numbers = itertools.count(1)  # next() on a count is atomic under the GIL: two threads never share a name
 
     def __init__(self, path: Path):
         self.path = path
@@ -450,8 +451,7 @@ class _PidsCgroup:
 
     @classmethod
     def create(cls, max_processes: int) -> "_PidsCgroup":
-        cls.counter += 1
-        path = _PIDS_CGROUP_ROOT / f"r1zero-sandbox-{os.getpid()}-{cls.counter}"
+        path = _PIDS_CGROUP_ROOT / f"r1zero-sandbox-{os.getpid()}-{next(cls.numbers)}"
         path.mkdir()
         (path / "pids.max").write_text(str(max_processes))
         return cls(path)

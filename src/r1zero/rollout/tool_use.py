@@ -110,7 +110,9 @@ class ToolUse:
         """The ids a call's output goes in as: the markers and the text, each tokenised on its own, the text cut
         to output_tokens tokens. note: the text's last line says why the program stopped (run_tool's timeout,
         killed and limit texts); it is kept whole, tokenised on its own, and the text before it is cut instead."""
-        encode = lambda part: self.tokenizer.encode(part, add_special_tokens=False)  # noqa: E731
+        def encode(part: str) -> list[int]:  # printed text stays text: a special token's spelling is not the token
+            return self.tokenizer.encode(part, add_special_tokens=False, split_special_tokens=True)
+
         budget = self.settings.output_tokens
         if note:
             body, _, last = text.rstrip("\n").rpartition("\n")
