@@ -25,6 +25,7 @@ from r1zero.algorithms import (
     clipped_value_loss,
     constant_weights,
     dr_grpo_advantages,
+    effective_sample_size,
     engine_ratio,
     entropy_from_logits,
     gae,
@@ -844,3 +845,14 @@ def test_logprob_mismatch_by_hand():
     assert math.isclose(mismatch.mean, expected, rel_tol=1e-5)
     assert math.isclose(mismatch.max, math.log(3), rel_tol=1e-5)
     assert logprob_mismatch(old, engine, torch.zeros_like(mask)) == (0.0, 0.0)
+
+
+def test_effective_sample_size_of_importance_weights():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert effective_sample_size(torch.ones(1, 4), mask) == 1.0  # on-policy: every weight 1
+    # weights 2, 0.5, 1 (the masked 9 does not count): (3.5)^2 / (3 * (4 + 0.25 + 1)) = 12.25 / 15.75 = 7/9
+    weights = torch.tensor([[2.0, 0.5, 1.0, 9.0]])
+    assert effective_sample_size(weights, mask) == pytest.approx(7 / 9, abs=1e-12)
+    # one weight carries everything: (w)^2 / (3 w^2) = 1/3
+    assert effective_sample_size(torch.tensor([[5.0, 0.0, 0.0, 0.0]]), mask) == pytest.approx(1 / 3)
+    assert effective_sample_size(weights, torch.zeros(1, 4)) == 1.0  # nothing to weigh

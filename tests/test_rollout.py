@@ -191,3 +191,22 @@ def test_every_engine_declares_the_whole_interface(llama_dir):
     assert declared <= set(dir(VLLMEngine)) | {"pad_id", "holds_weights", "load_seconds"}
     source = Path(VLLMEngine.__init__.__code__.co_filename).read_text()
     assert all(f"self.{name} = " in source for name in ("pad_id", "holds_weights", "load_seconds"))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_engine_can_return_each_sampled_tokens_logprob_under_the_weights_it_sampled_with(llama_dir, fast):
+    # the behaviour policy's own numbers (for training on older weights' samples): they equal the trainer's
+    # log-probabilities of the same tokens, in the fast decode path and in transformers' forward
+    from r1zero.update import pack_sequences, score_logprobs
+
+    model, tokenizer, _ = _setup(llama_dir)
+    engine = TransformersEngine(model, tokenizer, fast_decode=fast, logprobs=True)
+    prompts = [tokenizer(build_prompt(q), add_special_tokens=False)["input_ids"]
+               for q in ("What is 3 + 4 + 5", "What is 1 + 2")]
+    result = engine.generate(prompts, 3, 10, 1.0, seeds=[4, 5])
+    assert [len(values) for values in result.logprobs] == [len(c) for c in result.completions]
+    sequences = pack_sequences(prompts, result.completions, 3, engine.pad_id, "cpu")
+    trainer = score_logprobs(model, sequences, 6)  # (N, T)
+    for row, values in enumerate(result.logprobs):
+        torch.testing.assert_close(torch.tensor(values), trainer[row, :len(values)], atol=1e-5, rtol=0)
+    assert TransformersEngine(model, tokenizer).generate(prompts, 3, 10, 1.0, seeds=[4, 5]).logprobs is None

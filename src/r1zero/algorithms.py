@@ -503,6 +503,20 @@ ROLLOUT_CORRECTIONS: dict[str, RolloutCorrectionFunction] = {
     "none": no_rollout_correction, "tis": truncated_importance_sampling, "mis": masked_importance_sampling}
 
 
+def effective_sample_size(weights: Tensor, mask: Tensor) -> float:
+    """Kish's effective sample size of importance weights over the real tokens, as a share of their count:
+
+        ESS = (sum w)^2 / (n * sum w^2)          in (0, 1]; 1 when every weight is equal (on-policy: all 1)
+
+    How much of the batch an off-policy correction leaves (AReaL and other asynchronous trainers log it); 1.0 for
+    an empty mask. weights, mask: (N, T)."""
+    real = mask > 0
+    chosen = weights[real].double()
+    if chosen.numel() == 0 or float((chosen ** 2).sum()) == 0:
+        return 1.0
+    return float(chosen.sum() ** 2 / (chosen.numel() * (chosen ** 2).sum()))
+
+
 class LogprobMismatch(NamedTuple):
     mean: float  # mean |log pi_old - log pi_engine| over the real tokens
     max: float  # the largest of them

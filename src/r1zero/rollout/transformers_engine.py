@@ -45,9 +45,11 @@ class TransformersEngine:
     load_seconds = 0.0
 
     def __init__(self, model, tokenizer, stop_string: str = "</answer>", fast_decode: bool = True,
-                 compute: torch.dtype | None = None):
+                 compute: torch.dtype | None = None, logprobs: bool = False):
         self.model = model
         self.compute = compute
+        self.logprobs = logprobs  # return each sampled token's log-probability at temperature 1 (Generation.logprobs):
+        # the behaviour policy's own numbers, for runs that train on samples of older weights; off, nothing extra
         self.fast_decode = fast_decode  # Llama and Qwen2: decode steps by r1zero.rollout.fast_decode
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -155,6 +157,7 @@ class TransformersEngine:
         rows = len(prompts) * samples_per_prompt
         stop_by_token, stop_strings, tail = self._stops(stop)
         generated: list[list[int]] = [[] for _ in range(rows)]
+        token_logprobs: list[list[float]] | None = [[] for _ in range(rows)] if self.logprobs else None
         stopped = [False] * rows
         ended_by: list[str | None] = [None] * rows  # the stop string that ended each row
         # Finished rows leave the batch (and the cache) once the live ones are at most `compact_below` of it;
@@ -168,8 +171,12 @@ class TransformersEngine:
             live_index = None if len(live) == len(batch_rows) else torch.tensor(live, device=device)
             live_rows = [batch_rows[position] for position in live]
             draws = None if uniforms is None else uniforms[live_rows, t]  # (l,)
-            sampled = self._sample(logits if live_index is None else logits[live_index], temperature, generator,
-                                   draws)  # (l,) l = live rows
+            live_logits = logits if live_index is None else logits[live_index]  # (l, V) l = live rows
+            sampled = self._sample(live_logits, temperature, generator, draws)  # (l,)
+            if token_logprobs is not None:  # log pi(token) at temperature 1, as vLLM reports it
+                chosen = torch.log_softmax(live_logits.float(), dim=-1).gather(-1, sampled[:, None]).squeeze(-1)
+                for row, value in zip(live_rows, chosen.tolist()):
+                    token_logprobs[row].append(value)
             still = []
             for position, row, value in zip(live, live_rows, sampled.tolist()):
                 generated[row].append(value)
@@ -204,4 +211,4 @@ class TransformersEngine:
                                     position_ids=next_position, use_cache=True,
                                     **{self.cache_argument: cache}).logits[:, -1]  # (n, V)
             next_position = next_position + 1
-        return Generation(completions=generated, stopped=stopped, stop_strings=ended_by)
+        return Generation(completions=generated, stopped=stopped, logprobs=token_logprobs, stop_strings=ended_by)
