@@ -132,10 +132,12 @@ def test_memory_bomb_fails_inside_the_sandbox():
     code = "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 2**20))"
     result, score = run_hostile("memory bomb (grow 50 MB)", code)
     # bytearray() zero-fills, so reaching the 512 MB limit takes about 0.4 s of page faults on an idle machine;
-    # on a loaded one the clock may stop it first. Either way it is contained.
+    # on a loaded one the clock may stop it first. Either way it is contained. (The two runs, the program and the
+    # code reward's, are timed separately: under load either may be the one the clock stops.)
     if not result.timed_out:
         assert result.returncode == 1 and "MemoryError" in result.stderr
-        assert score.reason == "tests failed 1/1 (test 1: exit status 1: MemoryError)"
+    assert score.reason in ("tests failed 1/1 (test 1: exit status 1: MemoryError)",
+                            "tests failed 1/1 (test 1: timeout)")
 
 
 def test_single_huge_allocation_fails():
