@@ -22,7 +22,7 @@ import torch
 from r1zero.algorithms import informative_groups, overlong_penalty
 from r1zero.example import Example
 from r1zero.rewards import RewardBatch
-from r1zero.rollout import model_text
+from r1zero.rollout import sampled_lengths
 
 OVERLONG = "overlong"  # the reward component DAPO's length penalty is logged as
 
@@ -54,9 +54,7 @@ class StepBatch:
 
     def sampled_lengths(self) -> list[int]:
         """(N,) tokens the policy sampled in each completion (tool output not counted)."""
-        if self.sampled_mask is None:
-            return [len(completion) for completion in self.completions]
-        return [sum(mask) for mask in self.sampled_mask]
+        return sampled_lengths(self.completions, self.sampled_mask)
 
     def reward_matrix(self, group_size: int) -> torch.Tensor:
         """(B, G) total rewards."""
@@ -108,11 +106,9 @@ def generate_and_score(examples: list[Example], encode, engine, scorer, tokenize
     prompts = encode(examples)
     generation = engine.generate(prompts, config.group_size, config.max_new_tokens, config.temperature, seeds=seeds)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in generation.completions]
-    masks = generation.sampled_mask or [None] * len(texts)
-    written = [model_text(tokenizer, c, m) for c, m in zip(generation.completions, masks)]
-    rewards = scorer(written, [e for e in examples for _ in range(config.group_size)])
+    rewards = scorer(generation.written(tokenizer), [e for e in examples for _ in range(config.group_size)])
     if config.overlong_buffer:
-        lengths = torch.tensor([len(c) if m is None else sum(m) for c, m in zip(generation.completions, masks)])
+        lengths = torch.tensor(generation.sampled_lengths())
         penalty = (overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer)
                    * config.overlong_penalty_factor).tolist()
         rewards = rewards._replace(total=[t + p for t, p in zip(rewards.total, penalty)],

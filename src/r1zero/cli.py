@@ -105,7 +105,7 @@ def command_eval(args: argparse.Namespace) -> int:
     from r1zero.rollout.tool_use import tool_settings, with_tools
     from r1zero.rollout.transformers_engine import TransformersEngine
     from r1zero.tasks import load_problems
-    from r1zero.templates import STOP_STRING, encode_prompts, tool_sentence
+    from r1zero.templates import STOP_STRING, encode_prompts
 
     task = args.task or "sums"
     config = TrainConfig(model=args.model, task=task, dataset=None, eval_dataset=None, eval_samples=args.samples,
@@ -121,7 +121,7 @@ def command_eval(args: argparse.Namespace) -> int:
     model = load_model(path, "float32", resolve_device(args.device), trainable=False)
     engine = with_tools(TransformersEngine(model, tokenizer, STOP_STRING), tokenizer, tool_settings(config))
     prompts = encode_prompts([example.prompt for example in problems.held_out], args.template, tokenizer,
-                             tool_sentence() if args.tools != "none" else "")
+                             config.extra_instruction())
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     evaluation = evaluate(engine, tokenizer, prompts, problems.held_out, problems.accuracy_reward, args.samples,
                           args.temperature, args.max_new_tokens, generator)

@@ -17,7 +17,6 @@ import torch
 from r1zero.algorithms import pass_at_k
 from r1zero.example import Example
 from r1zero.rewards import RewardFunction, get_reward_function
-from r1zero.rollout import model_text
 from r1zero.rewards.format import ANSWER_CLOSE, ANSWER_OPEN, extract_answer, format_reward
 
 
@@ -127,22 +126,19 @@ def evaluate(engine, tokenizer, prompts: list[list[int]], examples: list[Example
     for start in range(0, len(prompts), chunk):
         batch_prompts, batch_examples = prompts[start:start + chunk], examples[start:start + chunk]
         greedy = engine.generate(batch_prompts, 1, max_new_tokens, 0.0)
-        masks = greedy.sampled_mask or [None] * len(greedy.completions)
-        for completion, mask, example in zip(greedy.completions, masks, batch_examples):
-            greedy_correct.append(accuracy(model_text(tokenizer, completion, mask), example) == 1.0)
+        for written, example in zip(greedy.written(tokenizer), batch_examples):
+            greedy_correct.append(accuracy(written, example) == 1.0)
         sampled = engine.generate(batch_prompts, samples, max_new_tokens, temperature, generator)
-        masks = sampled.sampled_mask or [None] * len(sampled.completions)
-        for index, (completion, mask) in enumerate(zip(sampled.completions, masks)):
+        for index, (completion, written) in enumerate(zip(sampled.completions, sampled.written(tokenizer))):
             example = batch_examples[index // samples]
-            text = tokenizer.decode(completion, skip_special_tokens=True)
-            written = model_text(tokenizer, completion, mask)  # with tools: without their output
+            text = tokenizer.decode(completion, skip_special_tokens=True)  # with tools: their output included
             record = {"problem_id": example.id, "sample_index": index % samples, "completion": text,
                       "answer": extract_answer(written), "correct": accuracy(written, example) == 1.0,
                       "format": format_reward(written, example)}
             if sampled.tool_calls is not None:
                 record["tool_calls"] = [call.status for call in sampled.tool_calls[index]]
             records.append(record)
-            lengths.append(len(completion) if mask is None else sum(mask))
+        lengths += sampled.sampled_lengths()
     problems = [records[i:i + samples] for i in range(0, len(records), samples)]  # (problems, K)
     correct_counts = [sum(r["correct"] for r in problem) for problem in problems]
     majority_correct = []

@@ -45,6 +45,15 @@ class Generation(NamedTuple):
     tool_calls: list[list] | None = None  # N lists of r1zero.tools.ToolCall, in order; None: no tools
     tool_seconds: float = 0.0  # wall time generation waited for the tools
 
+    def written(self, tokenizer) -> list[str]:
+        """(N,) what the model wrote in each completion (model_text): what the rewards read."""
+        masks = self.sampled_mask or [None] * len(self.completions)
+        return [model_text(tokenizer, completion, mask) for completion, mask in zip(self.completions, masks)]
+
+    def sampled_lengths(self) -> list[int]:
+        """(N,) tokens the policy sampled in each completion (sampled_lengths)."""
+        return sampled_lengths(self.completions, self.sampled_mask)
+
 
 @runtime_checkable
 class RolloutEngine(Protocol):
@@ -105,6 +114,13 @@ def join_generations(generations: list[Generation]) -> Generation:
     return Generation(joined("completions"), joined("stopped"), joined("logprobs"), joined("stop_strings"),
                       joined("sampled_mask"), joined("tool_calls"),
                       sum(generation.tool_seconds for generation in generations))
+
+
+def sampled_lengths(completions: list[list[int]], sampled_mask: list[list[int]] | None) -> list[int]:
+    """Tokens the policy sampled in each completion: its length, less any tool output."""
+    if sampled_mask is None:
+        return [len(completion) for completion in completions]
+    return [sum(mask) for mask in sampled_mask]
 
 
 def model_text(tokenizer, completion: list[int], sampled_mask: list[int] | None) -> str:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from r1zero.rollout import Generation, RowStream
+from r1zero.templates import STOP_STRING
 from r1zero.tools import ToolCall, ToolLimits, ToolRunner
 
 MARKERS = ("<python>", "</python>", "<output>", "</output>")  # call start, call end, output start, output end
@@ -54,7 +55,7 @@ class ToolSettings:
     max_calls: int = 4
     output_tokens: int = 32
     limits: ToolLimits = field(default_factory=ToolLimits)
-    answer_stop: str = "</answer>"  # the completion's own end (templates.STOP_STRING)
+    answer_stop: str = STOP_STRING  # the completion's own end
     answer_start: str = "<answer>"  # a turn holding this has an answer (void-turn test)
     concurrency: int = 4  # calls run at once
 
