@@ -446,3 +446,64 @@ def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learnin
     assert missing_shards(tmp_path / "optimizer") == ["__0_0.distcp"]
     (tmp_path / "optimizer" / ".metadata").unlink()
     assert missing_shards(tmp_path / "optimizer") == [".metadata"]
+
+
+def _rollout_worker_processes(since: float) -> list:
+    """Ray rollout-worker processes started after `since` (time.time())."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "RolloutWorker" in command and process.info["create_time"] >= since:
+            found.append(process)
+    return found
+
+
+@pytest.mark.ray
+def test_an_asynchronous_run_killed_mid_training_resumes_to_the_same_metrics_and_weights(llama_dir, tmp_path):
+    # max_staleness 1 on one rollout worker: step s is sampled by version s-2, ahead of the learner. The step-4
+    # checkpoint holds the batches in flight (steps 5 and 6, sampled by versions 3 and 4, log-probabilities and
+    # rewards included), so a run SIGKILLed during step 6 and resumed trains on the same samples and writes the
+    # uninterrupted run's metrics and final weights. The killed run's worker does not outlive it.
+    data_path = tmp_path / "data.jsonl"
+    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
+                                 for a in range(1, 11)))
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    settings = _settings(llama_dir, data_path) + ["--rollout-workers", "1", "--ray-worker-cpus", "0.5",
+                                                  "--max-staleness", "1", "--rollout-correction", "tis"]
+    timing = ("async/learner_idle_fraction", "async/generator_idle_fraction")  # wall-clock shares
+
+    def records(run):
+        return [{k: v for k, v in record.items() if k not in timing} for record in _records(run)]
+
+    reference = tmp_path / "reference"
+    process, log = _launch(launcher, settings + ["--output-dir", str(reference)], tmp_path / "reference.log")
+    assert process.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    log.close()
+    expected = records(reference)
+    assert [r["async/staleness_max"] for r in expected if "async/staleness_max" in r] == [0] + [1] * 7
+    run, log_path = tmp_path / "killed", tmp_path / "killed.log"
+    started = time.time()
+    process, log = _launch(launcher, settings + ["--output-dir", str(run)], log_path)
+    lines_through_step_5 = [r["step"] for r in expected].index(5) + 1  # step 4's checkpoint is complete by then
+    assert _signal_at(process, run / "metrics.jsonl", lines_through_step_5, 0.05, signal.SIGKILL)
+    process.wait(timeout=60)
+    log.close()
+    deadline = time.time() + 60
+    while _rollout_worker_processes(started) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _rollout_worker_processes(started), "the killed run's rollout worker is still running"
+    assert [int(p.name[5:]) for p in list_checkpoints(run)] == [2, 4]
+    in_flight = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)["in_flight"]
+    assert [batch["versions"] for batch in in_flight] == [[3] * 6, [4] * 6]  # steps 5 and 6, 2 prompts x 3
+    assert all(len(logprobs) == len(completion) for batch in in_flight
+               for logprobs, completion in zip(batch["engine_logprobs"], batch["completions"]))
+    process, log = _launch(launcher, ["--resume", str(run)], log_path)
+    assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    log.close()
+    largest = _largest_difference(expected, records(run))
+    for name, tensor in _weights(run / "final").items():
+        largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
+    assert largest <= 1e-6

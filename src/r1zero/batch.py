@@ -14,6 +14,7 @@ rollout workers share them out (r1zero.distributed).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from r1zero.algorithms import informative_groups, overlong_penalty
 from r1zero.example import Example
 from r1zero.rewards import RewardBatch
 from r1zero.rollout import sampled_lengths
+from r1zero.tools import ToolCall
 
 OVERLONG = "overlong"  # the reward component DAPO's length penalty is logged as
 
@@ -51,6 +53,8 @@ class StepBatch:
     # no tools
     tool_calls: list[list] | None = None  # (N,) each completion's r1zero.tools.ToolCall list; None: no tools
     tool_seconds: float = 0.0  # wall time generation waited for the tools
+    versions: list[int] | None = None  # (N,) the policy version that sampled each completion (the weights after
+    # that step's update); None: the newest (synchronous training)
 
     def sampled_lengths(self) -> list[int]:
         """(N,) tokens the policy sampled in each completion (tool output not counted)."""
@@ -74,7 +78,30 @@ class StepBatch:
         return StepBatch([self.examples[g] for g in groups], [self.prompts[g] for g in groups], pick(self.completions),
                          pick(self.stopped), pick(self.texts), rewards, dict(self.counts),
                          maybe(self.engine_logprobs), maybe(self.sampled_mask), maybe(self.tool_calls),
-                         self.tool_seconds)
+                         self.tool_seconds, maybe(self.versions))
+
+    def staleness(self, learner_version: int) -> list[int]:
+        """(N,) versions each completion's sampling policy lags `learner_version` (0 for synchronous batches)."""
+        return [learner_version - version for version in self.versions] if self.versions is not None else \
+            [0] * len(self.completions)
+
+    def state_dict(self) -> dict:
+        """The batch as plain lists, numbers and strings (a checkpoint's in-flight samples; torch.load reads them
+        with weights_only)."""
+        return {"examples": [dataclasses.asdict(example) for example in self.examples], "prompts": self.prompts,
+                "completions": self.completions, "stopped": self.stopped, "texts": self.texts,
+                "rewards": dict(self.rewards._asdict()), "counts": self.counts, "engine_logprobs": self.engine_logprobs,
+                "sampled_mask": self.sampled_mask, "tool_seconds": self.tool_seconds, "versions": self.versions,
+                "tool_calls": None if self.tool_calls is None else [[tuple(call) for call in calls]
+                                                                    for calls in self.tool_calls]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "StepBatch":
+        tool_calls = state["tool_calls"]
+        return cls(**{**state, "examples": [Example(**fields) for fields in state["examples"]],
+                      "rewards": RewardBatch(**state["rewards"]),
+                      "tool_calls": None if tool_calls is None else [[ToolCall(*call) for call in calls]
+                                                                     for calls in tool_calls]})
 
 
 def concatenate(batches: list[StepBatch]) -> StepBatch:
@@ -94,7 +121,8 @@ def concatenate(batches: list[StepBatch]) -> StepBatch:
     maybe = lambda name: None if getattr(first, name) is None else joined(name)  # noqa: E731
     return StepBatch(joined("examples"), joined("prompts"), joined("completions"), joined("stopped"), joined("texts"),
                      rewards, engine_logprobs=maybe("engine_logprobs"), sampled_mask=maybe("sampled_mask"),
-                     tool_calls=maybe("tool_calls"), tool_seconds=sum(batch.tool_seconds for batch in batches))
+                     tool_calls=maybe("tool_calls"), tool_seconds=sum(batch.tool_seconds for batch in batches),
+                     versions=maybe("versions"))
 
 
 def generate_and_score(examples: list[Example], encode, engine, scorer, tokenizer, config, seeds: list[int]) \

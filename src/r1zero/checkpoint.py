@@ -85,6 +85,9 @@ class TrainingState:
     # FSDP: how many learner ranks wrote their shards of the optimiser state into SHARDS_FOLDER; `optimizer` then
     # holds the driver's optimizer, which carries only the learning-rate schedule. 0: `optimizer` is all of it.
     optimizer_shards: int = 0
+    # asynchronous training: the batches generated but not yet trained on (StepBatch.state_dict, in step order),
+    # which a resumed run trains on first
+    in_flight: list | None = None
 
     def restore(self, optimizer, scheduler, problems, health, generators: dict[str, torch.Generator]) -> None:
         """Load this state into freshly built training objects (the weights are loaded from the folder)."""
@@ -258,7 +261,7 @@ def load_checkpoint(folder: str | Path) -> TrainingState:
         raise CheckpointError(f"{state_path}: state format {found}, this r1zero reads format {STATE_FORMAT}; "
                               f"resume with the r1zero version that wrote it")
     expected = {f.name for f in dataclasses.fields(TrainingState)}
-    optional = {"critic", "optimizer_shards"}  # added later: checkpoints written before them are still read
+    optional = {"critic", "optimizer_shards", "in_flight"}  # added later: checkpoints written before them are still read
     if not expected - optional <= set(fields) <= expected:
         raise CheckpointError(f"{state_path}: fields {sorted(set(fields) ^ expected)} missing or unexpected; "
                               f"{advice}")

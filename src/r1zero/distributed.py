@@ -176,13 +176,13 @@ class RolloutWorker:
     run one at a time, in call order."""
 
     def __init__(self, model_config, generation_config, tokenizer, dtype: torch.dtype, threads: int, device: str,
-                 vllm=None, compute: torch.dtype | None = None, tools=None):
+                 vllm=None, compute: torch.dtype | None = None, tools=None, logprobs: bool = False):
         return_freed_memory()
         torch.set_num_threads(threads)
         self.model = None
-        if vllm is None:
+        if vllm is None:  # logprobs: the behaviour policy's numbers, for asynchronous training's correction
             self.model = model_from_config(model_config, generation_config, dtype, torch.device(device)).eval()
-            self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING, compute=compute)
+            self.engine = TransformersEngine(self.model, tokenizer, STOP_STRING, compute=compute, logprobs=logprobs)
         else:
             from r1zero.rollout.vllm_engine import VLLMEngine
 
@@ -199,7 +199,15 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def generate(self, prompts, samples_per_prompt, max_new_tokens, temperature, seeds) -> tuple[int, Generation]:
+    def generate(self, prompts, samples_per_prompt, max_new_tokens, temperature, seeds, version=None,
+                 weights=None) -> tuple[int, Generation]:
+        """The completions and the version that sampled them. version, weights ([ObjectRef], a list so that Ray
+        does not fetch it unless needed): the weights to sample with, loaded first when this worker holds another
+        version (between batches: a load never interleaves with a forward pass)."""
+        if version is not None and version != self.version:
+            import ray
+
+            self.load_weights(version, ray.get(weights[0]))
         return self.version, self.engine.generate(prompts, samples_per_prompt, max_new_tokens, temperature,
                                                   seeds=seeds)
 
@@ -216,12 +224,14 @@ class RolloutWorkers:
         self.ray = ray
         self.actor = ray.remote(RolloutWorker).options(**actor_options(config, device))
         self.spec = (policy.config, policy.generation_config, tokenizer, policy.dtype, worker_threads(config),
-                     str(device), vllm, PRECISIONS[config.dtype].compute, tool_settings(config))
+                     str(device), vllm, PRECISIONS[config.dtype].compute, tool_settings(config),
+                     config.max_staleness > 0)
         self.sync_timeout = config.weight_sync_timeout_seconds
         self.rollout_timeout = config.rollout_timeout_seconds or None  # 0: no limit
         self.workers = [self.actor.remote(*self.spec) for _ in range(count)]
         self.version = -1
         self.weights = None  # ObjectRef of the newest published weights
+        self.versions: dict[int, object] = {}  # asynchronous training: version -> ObjectRef of the weights kept (put)
         self.restarts = 0  # workers replaced since the counter was last read (take_restarts)
         self.publish_seconds = 0.0  # wall time of the newest publish: object store put and every worker's load
 
@@ -241,24 +251,39 @@ class RolloutWorkers:
             self._retrying(index, load, reference, self.sync_timeout)
         self.publish_seconds = time.perf_counter() - started
 
+    def put(self, version: int, policy=None, weights=None, keep: int = 1) -> None:
+        """Asynchronous training: keep `version`'s weights in the object store (the policy's, or an ObjectRef
+        already there) for the generate calls that ask for it, without waiting for any worker; only the newest
+        `keep` versions are kept."""
+        started = time.perf_counter()
+        self.versions[version] = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
+        self.publish_seconds = time.perf_counter() - started
+        self.version, self.weights = version, self.versions[version]  # a replaced worker starts from these
+        for old in sorted(self.versions)[:-keep]:
+            del self.versions[old]
+
     def generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
-                 generator=None, seeds: list[int] | None = None) -> Generation:
+                 generator=None, seeds: list[int] | None = None, version: int | None = None) -> Generation:
         """The rollout engine interface: prompts shared out in contiguous blocks, one per worker, results in
-        order. Needs per-prompt seeds (a shared generator cannot be split across processes)."""
+        order. Needs per-prompt seeds (a shared generator cannot be split across processes). version: sample
+        with that version's weights (put), each worker loading them first if it holds others; None: the newest
+        published ones, which every worker holds (publish)."""
         if seeds is None:
             raise ValueError("rollout workers sample with per-prompt seeds; pass seeds= (r1zero.batch.prompt_seed)")
+        expected = self.version if version is None else version
+        weights = None if version is None else [self.versions[version]]
         blocks = contiguous_blocks(len(prompts), len(self.workers))
         calls = {index: (lambda w, block=block: w.generate.remote(
                     [prompts[i] for i in block], samples_per_prompt, max_new_tokens, temperature,
-                    [seeds[i] for i in block])) for index, block in enumerate(blocks)}
+                    [seeds[i] for i in block], version, weights)) for index, block in enumerate(blocks)}
         pending = {index: call(self.workers[index]) for index, call in calls.items()}  # all blocks run at once
         generations = []
         for index in range(len(blocks)):
-            version, generation = self._retrying(index, calls[index], pending[index], self.rollout_timeout,
-                                                 replace_when_late=True)
-            if version != self.version:
-                raise StaleRolloutError(f"rollout worker {index} generated with policy version {version}, but version "
-                                        f"{self.version} was published; its rollout is not used")
+            sampled_by, generation = self._retrying(index, calls[index], pending[index], self.rollout_timeout,
+                                                    replace_when_late=True)
+            if sampled_by != expected:
+                raise StaleRolloutError(f"rollout worker {index} generated with policy version {sampled_by}, but "
+                                        f"version {expected} was asked for; its rollout is not used")
             generations.append(generation)
         return join_generations(generations)
 

@@ -35,6 +35,15 @@ LOGPROB_DIFF_MEAN = "rollout/logprob_diff_mean"
 LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 CORRECTED_FRACTION = "rollout/corrected_fraction"
 
+# Asynchronous training (max_staleness >= 1): how old the samples were, the correction's effective sample size,
+# and how much each side waited
+STALENESS_MEAN = "async/staleness_mean"
+STALENESS_MAX = "async/staleness_max"
+ESS = "async/ess"
+LEARNER_IDLE = "async/learner_idle_fraction"
+GENERATOR_IDLE = "async/generator_idle_fraction"
+DROPPED_BATCHES = "async/dropped_batches"
+
 TOOLS_PREFIX = "tools/"  # with --tools: calls, their outcomes, the sandbox's time, SimpleTIR's void turns
 
 # ---- every key of metrics.jsonl -------------------------------------------------------------------------------
@@ -91,11 +100,19 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     (CRITIC_PREFIX + "value_loss", "with advantage gae", "the critic's clipped value loss"),
     (CRITIC_PREFIX + "grad_norm", "with advantage gae", "the critic's gradient norm before clipping"),
     (CRITIC_PREFIX + "value_clip_fraction", "with advantage gae", "share of value predictions clipped by value_clip"),
-    (LOGPROB_DIFF_MEAN, "with rollout_engine vllm",
-     "mean |log pi_old - log pi_engine| over completion tokens: the engine's gap to the trainer"),
-    (LOGPROB_DIFF_MAX, "with rollout_engine vllm", "the largest such gap of the step"),
-    (CORRECTED_FRACTION, "with rollout_engine vllm and a rollout_correction",
+    (LOGPROB_DIFF_MEAN, "with rollout_engine vllm or max_staleness",
+     "mean |log pi_old - log pi_engine| over completion tokens: the sampling policy's gap to the trainer"),
+    (LOGPROB_DIFF_MAX, "with rollout_engine vllm or max_staleness", "the largest such gap of the step"),
+    (CORRECTED_FRACTION, "with rollout_engine vllm or max_staleness, and a rollout_correction",
      "share of loss tokens the correction truncated (tis) or masked (mis)"),
+    (STALENESS_MEAN, "with max_staleness", "mean of (learner's version - sampling version) over the step's samples"),
+    (STALENESS_MAX, "with max_staleness", "the oldest sample's lag in versions (never above max_staleness)"),
+    (ESS, "with max_staleness",
+     "Kish's effective sample size of the ratios pi_old / pi_sampling over the loss tokens, as a share: 1 on-policy"),
+    (LEARNER_IDLE, "with max_staleness", "share of the step the learner waited for its batch"),
+    (GENERATOR_IDLE, "with max_staleness",
+     "share of the wall time since the previous step's batch that the rollout workers were not generating"),
+    (DROPPED_BATCHES, "with max_staleness", "batches dropped as more than max_staleness versions old (drop_stale)"),
     ("time/weight_sync_seconds", "with rollout_engine vllm or rollout_workers",
      "loading the new weights into the engine, or publishing them to the workers"),
     ("ray/rollout_worker_restarts", "with rollout_workers", "rollout workers replaced this step after dying"),

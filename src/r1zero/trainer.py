@@ -9,7 +9,8 @@ start_run builds once:
   1-3. sample_and_score: B prompts in the R1-Zero template, G completions each from the current policy (the "old"
        policy of the ratio; r1zero's engine, or vLLM with its own copy of the weights), scored by rule-based
        rewards: accuracy of the final answer, tag format (r1zero.batch, with DAPO's dynamic sampling and overlong
-       penalty)
+       penalty). With max_staleness k the rollout workers generate steps ahead, from weights up to k versions old
+       (r1zero.pipeline), and the update corrects for them (decoupled PPO)
   4.   make_rollout: reference and old log-probabilities, then advantages, each reward compared with the others
        of its group (or, for PPO, GAE with a critic); the Rollout the update reads (r1zero.update)
   5.   update_models: the policy mu times on the batch with its policy loss plus beta * KL to the reference (PPO:
@@ -52,6 +53,7 @@ from r1zero.health import HealthMonitor, reflection_rate
 from r1zero.memory import return_freed_memory, return_freed_memory_for
 from r1zero.models import (PRECISIONS, context_length, load_model, load_policy, plain_state_dict, resolve_device,
                            save_model)
+from r1zero.pipeline import Asynchronous, Synchronous, Taken, rollout_pipeline
 from r1zero.preflight import prepare_run
 from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout import RolloutEngine
@@ -78,14 +80,15 @@ def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
         run.started = time.time()  # the time budget and the ETA count from here
         for step in range(run.first_step, config.max_steps + 1):
             clock = StepClock(run.device)
-            batch = sample_and_score(run, step)  # 1-3
+            taken = sample_and_score(run, step)  # 1-3
+            batch = taken.batch
             clock.lap("generation")
-            rollout, ppo, gap = make_rollout(run, batch)  # 4
+            rollout, ppo, gap = make_rollout(run, batch, step)  # 4
             clock.lap("logprobs")
             update = update_models(run, rollout, step)  # 5
             clock.lap("update")
             sync = publish_weights(run, step, update)
-            metrics = step_metrics(run, batch, ppo, gap, update, sync, clock)  # 6
+            metrics = step_metrics(run, step, taken, ppo, gap, update, sync, clock)  # 6
             log_step(run, step, metrics)
             out_of_time = bool(config.time_budget_seconds) and run.elapsed() >= config.time_budget_seconds
             last = step == config.max_steps or out_of_time
@@ -138,14 +141,12 @@ class Run:
     held_out_prompts: list[list[int]]
     out_of_distribution_prompts: list[list[int]]  # empty: the task has no such split, or it is not evaluated
     first_step: int
+    pipeline: Synchronous | Asynchronous  # where each step's batch comes from (r1zero.pipeline)
     workers: object = None  # r1zero.distributed.RolloutWorkers
     learners: object = None  # r1zero.distributed.Learners
     nonfinite_steps: int = 0  # steps in a row with skipped (non-finite) updates
     started: float = field(default_factory=time.time)  # when training started (train() sets it after step 0's
     # evaluation), for the time budget and the ETA
-
-    def encode(self, examples) -> list[list[int]]:
-        return prompt_ids(examples, self.config, self.tokenizer)
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -154,6 +155,7 @@ class Run:
         """Close the progress bar and the metrics files; stop the scoring pool (its processes also exit with this
         one) and the Ray workers and ranks."""
         self.progress.close()
+        self.pipeline.close()  # before the workers it waits on
         self.scorer.close()
         self.logger.close()
         self.engine.close()
@@ -222,6 +224,13 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
         optimizer.state.clear()  # the ranks hold AdamW's state now; this optimizer carries only the schedule
         reference = None if reference_on_ranks(config) else reference
     logger = start_logging(config, output_dir, resume, resume_from, state)
+
+    def collect(step: int, rollout_engine) -> StepBatch:  # one step's batch, from either engine (r1zero.pipeline)
+        return collect_batch(problems, lambda examples: prompt_ids(examples, config, tokenizer), rollout_engine,
+                             scorer, tokenizer, config, step)
+
+    in_flight = [StepBatch.from_state_dict(batch) for batch in (state.in_flight or [])] if state is not None else []
+    pipeline = rollout_pipeline(config, collect, engine, workers, first_step, in_flight, policy)
     advantage = None if critic else algorithms.lookup(algorithms.ADVANTAGE_ESTIMATORS, config.advantage,
                                                        "advantage estimator")
     run = Run(config=config, output_dir=output_dir, problems=problems, tokenizer=tokenizer, device=device,
@@ -232,7 +241,7 @@ def start_run(config: TrainConfig, resume: bool) -> Run:
               held_out_prompts=prompt_ids(problems.held_out, config, tokenizer),
               out_of_distribution_prompts=prompt_ids(problems.out_of_distribution, config, tokenizer)
               if config.eval_out_of_distribution else [],
-              first_step=first_step, workers=workers, learners=learners)
+              first_step=first_step, pipeline=pipeline, workers=workers, learners=learners)
     out_of_distribution = (f", {len(run.out_of_distribution_prompts)} out-of-distribution"
                            if run.out_of_distribution_prompts else "")
     run.progress.write(f"r1zero: {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M-parameter model from "
@@ -342,23 +351,24 @@ def default_output_dir(config: TrainConfig) -> Path:
 
 # ---- 1-3. sample prompts, generate G completions each, score them ---------------------------------------------
 
-def sample_and_score(run: Run, step: int) -> StepBatch:
-    """B prompt groups, generated by the rollout workers or in this process, scored (DAPO: informative groups)."""
+def sample_and_score(run: Run, step: int) -> Taken:
+    """B prompt groups, generated by the rollout workers or in this process, scored (DAPO: informative groups);
+    asynchronous: generated ahead, taken from the pipeline."""
     run.policy.eval()
     run.engine.require_version(step - 1)  # vLLM in this process holds its own copy: is it the newest?
-    batch = collect_batch(run.problems, run.encode, run.workers or run.engine, run.scorer, run.tokenizer,
-                          run.config, step)
+    taken = run.pipeline.take(step)
     run.policy.train()
-    return batch
+    return taken
 
 
 # ---- 4. log-probabilities and advantages: the rollout ----------------------------------------------------------
 
-def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | None, EngineGap | None]:
-    """The batch as a complete Rollout: reference log-probabilities when there is a KL term, the generating
-    policy's when the update is off-policy or an engine with its own weights sampled the batch
-    (UpdateSettings.needs_old_logprobs), that engine's gap to the trainer and the rollout correction (engine_gap),
-    and the advantages: within each group, or GAE with the critic (whose numbers come back too)."""
+def make_rollout(run: Run, batch: StepBatch, step: int) -> tuple[Rollout, PPOAdvantages | None, EngineGap | None]:
+    """The batch as a complete Rollout: reference log-probabilities when there is a KL term, the policy's before
+    this update (old_logprobs; decoupled PPO's proximal policy) when the update is off-policy or an engine with its
+    own weights, or older weights (max_staleness), sampled the batch (UpdateSettings.needs_old_logprobs), that
+    engine's gap to the trainer and the rollout correction (engine_gap), and the advantages: within each group, or
+    GAE with the critic (whose numbers come back too)."""
     config, device, kl = run.config, run.device, run.settings.kl
     sequences = pack_sequences(batch.prompts, batch.completions, config.group_size, run.engine.pad_id, device,
                                batch.sampled_mask)
@@ -382,9 +392,12 @@ def make_rollout(run: Run, batch: StepBatch) -> tuple[Rollout, PPOAdvantages | N
         kept = torch.tensor([not void for void in void_turns(run, batch)], dtype=sampled.dtype, device=device)
         loss_mask = (sampled if loss_mask is None else loss_mask) * kept[:, None]  # (N, T)
     gap = None
-    if batch.engine_logprobs is not None:  # vLLM: measure its gap to the trainer, and correct for it
+    if batch.engine_logprobs is not None:  # vLLM or older weights: measure their gap to the trainer, correct it
+        own = None  # r1zero's engine with this step's weights: the trainer's own policy, ratio exactly 1
+        if config.rollout_engine == "r1zero":
+            own = torch.tensor([lag == 0 for lag in batch.staleness(step - 1)])
         gap = engine_gap(old_logprobs, batch.engine_logprobs, sampled if loss_mask is None else loss_mask, sampled,
-                         run.settings)
+                         run.settings, own)
         loss_mask = gap.loss_mask
     reward = batch.reward_matrix(config.group_size)  # (B, G)
     ppo, critic_fields = None, {}
@@ -436,7 +449,7 @@ def publish_weights(run: Run, step: int, update: StepUpdate) -> dict:
         return {"time/weight_sync_seconds": run.engine.load_seconds}
     if not run.workers:
         return {}
-    run.workers.publish(step, run.policy, update.weights)
+    run.pipeline.publish(step, run.policy, update.weights)  # asynchronous: no waiting for the workers
     return {"ray/rollout_worker_restarts": run.workers.take_restarts(),
             "time/weight_sync_seconds": run.workers.publish_seconds}
 
@@ -462,9 +475,10 @@ class StepClock:
         return time.time() - self.started
 
 
-def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: EngineGap | None, update: StepUpdate,
-                 sync: dict, clock: StepClock) -> dict:
+def step_metrics(run: Run, step: int, taken: Taken, ppo: PPOAdvantages | None, gap: EngineGap | None,
+                 update: StepUpdate, sync: dict, clock: StepClock) -> dict:
     """The step's record of metrics.jsonl (every key is documented in metric_names.METRICS)."""
+    batch = taken.batch
     reward = batch.reward_matrix(run.config.group_size)  # (B, G)
     rewards, lengths, seconds = batch.rewards, batch.sampled_lengths(), clock.seconds()
     kl = run.settings.kl
@@ -472,6 +486,13 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
     if gap is not None:
         engine = {names.LOGPROB_DIFF_MEAN: gap.mismatch.mean, names.LOGPROB_DIFF_MAX: gap.mismatch.max,
                   names.CORRECTED_FRACTION: gap.corrected_fraction}
+    overlap = {}
+    if run.config.max_staleness:
+        staleness = batch.staleness(step - 1)
+        overlap = {names.STALENESS_MEAN: sum(staleness) / len(staleness), names.STALENESS_MAX: max(staleness),
+                   names.ESS: gap.ess if gap is not None else 1.0,
+                   names.LEARNER_IDLE: taken.waited / max(seconds, 1e-9),
+                   names.GENERATOR_IDLE: taken.generator_idle_fraction, names.DROPPED_BATCHES: taken.dropped}
     if ppo is not None:
         critic = {"critic/value_mean": ppo.value_mean, "critic/explained_variance": ppo.explained_variance,
                   "critic/value_loss": update.critic.value_loss, "critic/grad_norm": update.critic.grad_norm,
@@ -500,7 +521,8 @@ def step_metrics(run: Run, batch: StepBatch, ppo: PPOAdvantages | None, gap: Eng
         **critic,
         **(tool_metrics(batch.tool_calls, batch.tool_seconds, void_turns(run, batch))
            if batch.tool_calls is not None else {}),  # tools/... with tools
-        **engine,  # rollout/... with vLLM
+        **engine,  # rollout/... with vLLM or max_staleness
+        **overlap,  # async/... with max_staleness
         **sync,  # ray/... with rollout workers, time/weight_sync_seconds with vLLM
     }
 
@@ -584,7 +606,9 @@ def checkpoint_or_stop(run: Run, step: int, skipped_updates: bool, last: bool, s
 
 def save_run_checkpoint(run: Run, step: int) -> Path:
     """The checkpoint of step `step`: with FSDP learner ranks each rank writes its shards of the optimiser state
-    beside it (nothing is gathered); replicated ranks send rank 0's; in one process the optimizer's own."""
+    beside it (nothing is gathered); replicated ranks send rank 0's; in one process the optimizer's own.
+    Asynchronous: with the batches in flight, taken first (the producer's draws are then in the data position)."""
+    in_flight = [batch.state_dict() for batch in run.pipeline.in_flight()] or None
     lines, size = run.logger.position()
     generators = {"sampling": run.sampling.get_state(), "shuffling": run.shuffling.get_state()}
     sharded = run.learners is not None and run.learners.fsdp
@@ -593,7 +617,7 @@ def save_run_checkpoint(run: Run, step: int) -> Path:
     snapshot = TrainingState(step, optimizer_state, run.scheduler.state_dict(), run.problems.state_dict(),
                              run.monitor.state_dict(), generators, capture_global_rng(), lines, size,
                              critic=run.critic.state_dict() if run.critic else None,
-                             optimizer_shards=run.learners.world if sharded else 0)
+                             optimizer_shards=run.learners.world if sharded else 0, in_flight=in_flight)
     return save_checkpoint(run.output_dir, snapshot, run.policy, run.tokenizer, run.config.keep_checkpoints,
                            run.learners.save_optimizer if sharded else None)
 

@@ -168,22 +168,33 @@ class EngineGap(NamedTuple):
     correction_weights: torch.Tensor | None  # (N, T) TIS's weights on the policy loss; None: no weights
     mismatch: algorithms.LogprobMismatch  # |log pi_old - log pi_engine| over the completions' tokens
     corrected_fraction: float  # share of the loss's tokens truncated (TIS) or masked (MIS)
+    ess: float  # Kish's effective sample size of the per-token ratios pi_old / pi_engine, as a share (1: on-policy)
 
 
 def engine_gap(old_logprobs: torch.Tensor, engine_logprobs: list[list[float]], token_mask: torch.Tensor,
-               sampled_mask: torch.Tensor, settings: "UpdateSettings") -> EngineGap:
-    """The mismatch between the trainer's log-probabilities of the generating policy (old_logprobs (N, T)) and
-    the engine's (one list per completion), over the sampled tokens (sampled_mask (N, T): a tool's output has no
-    engine log-probability), and settings.rollout_correction applied over token_mask (N, T)."""
+               sampled_mask: torch.Tensor, settings: "UpdateSettings",
+               own_rows: torch.Tensor | None = None) -> EngineGap:
+    """The mismatch between the trainer's log-probabilities of the policy it updates from (old_logprobs (N, T);
+    decoupled PPO's proximal policy) and those of the policy that sampled (the engine's, one list per completion:
+    vLLM's kernels, or older weights in asynchronous training), over the sampled tokens (sampled_mask (N, T): a
+    tool's output has no engine log-probability), and settings.rollout_correction applied over token_mask (N, T).
+
+    own_rows (N,) bool: rows sampled by these very weights with the trainer's own kernels (r1zero's engine at
+    staleness 0), whose sampling policy is pi_old itself: their engine numbers are taken as old_logprobs, so their
+    ratios are exactly 1 (the engine's own sums differ from the trainer's in the last bits)."""
     engine = torch.zeros_like(old_logprobs)  # (N, T)
     for row, values in enumerate(engine_logprobs):
         engine[row, :len(values)] = torch.tensor(values, dtype=engine.dtype)
+    if own_rows is not None:
+        engine = torch.where(own_rows[:, None].to(engine.device), old_logprobs, engine)  # (N, T)
     mismatch = algorithms.logprob_mismatch(old_logprobs, engine, sampled_mask)
+    ess = algorithms.effective_sample_size(algorithms.engine_ratio(old_logprobs, engine, token_mask, "token"),
+                                           token_mask)
     correction = settings.rollout_correction(old_logprobs, engine, token_mask, settings.rollout_correction_cap,
                                              settings.rollout_correction_level)
     weights = None if bool((correction.weights == 1).all()) else correction.weights  # all 1: the loss as it is
     corrected = float(correction.corrected.sum() / token_mask.sum().clamp(min=1))
-    return EngineGap(correction.mask, weights, mismatch, corrected)
+    return EngineGap(correction.mask, weights, mismatch, corrected, ess)
 
 
 # ---- settings, resolved once -----------------------------------------------------------------------------
