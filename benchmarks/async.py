@@ -4,6 +4,7 @@ share of time each side waited.
 
     python benchmarks/async.py                              # three workloads, all sides; builtin with 3 seeds
     python benchmarks/async.py --workloads builtin --seeds 0   # a quick look
+    python benchmarks/async.py --workloads builtin --correction clip   # coupled PPO on the asynchronous sides
 
 Every side runs on one Ray rollout worker (ray_worker_cpus 1, one torch thread) while the training process trains
 with one thread (threads 1): the synchronous side ("k0") is the same machine split with nothing overlapped, so the
@@ -71,11 +72,11 @@ def workload_settings(workload: str, folder: Path, steps: int | None) -> dict:
     raise ValueError(f"unknown workload {workload!r}; valid: builtin, 30m, code")
 
 
-def run(workload: str, staleness: int, seed: int, steps: int | None, folder: Path) -> dict:
+def run(workload: str, staleness: int, correction: str, seed: int, steps: int | None, folder: Path) -> dict:
     settings = workload_settings(workload, folder, steps)
     config = TrainConfig(**{**settings, "seed": seed, "report_to": ["none"], "checkpoint_every": 0, "threads": 1,
                             "rollout_workers": 1, "ray_worker_cpus": 1.0, "max_staleness": staleness,
-                            "rollout_correction": "tis" if staleness else "none",
+                            "rollout_correction": correction if staleness else "none",
                             "output_dir": str(folder / f"{workload}-k{staleness}-{seed}")})
     records = [json.loads(line) for line in (train(config) / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in records if "reward/mean" in r]
@@ -91,7 +92,8 @@ def run(workload: str, staleness: int, seed: int, steps: int | None, folder: Pat
         generator_idle = [1 - share for share in learner_idle]
     later = trained[len(trained) // 4:]  # the pipeline's start-up (its first k steps) left out of the phase times
     return {
-        "workload": workload, "max_staleness": staleness, "seed": seed, "steps": len(trained),
+        "workload": workload, "max_staleness": staleness, "correction": correction if staleness else "none",
+        "seed": seed, "steps": len(trained),
         "steps_per_second": len(trained) / sum(step_seconds),
         "pass@1_start": evals[0]["eval/pass@1"], "pass@1": evals[-1]["eval/pass@1"],
         "pass@1_curve": [(r["step"], r["eval/pass@1"]) for r in evals],
@@ -120,7 +122,8 @@ def table_rows(results: list[dict]) -> list[list[str]]:
                 if base:
                     ratios.append(r["steps_per_second"] / base[0]["steps_per_second"])
             reached = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
-            rows.append([workload, f"k{staleness}", mean_range([r["steps_per_second"] for r in runs], 2),
+            correction = runs[0]["correction"]
+            rows.append([workload, f"k{staleness}" + (f" {correction}" if staleness else ""), mean_range([r["steps_per_second"] for r in runs], 2),
                          mean_range(ratios, 2) if ratios else "-",
                          mean_range([r["pass@1"] for r in runs], 3) if workload == "builtin" else "-",
                          (mean_range(reached, 0) + (f" ({len(reached)}/{len(runs)} seeds)" if len(reached) < len(runs)
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["builtin", "30m", "code"], choices=["builtin", "30m", "code"])
     parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--correction", default="tis", choices=["tis", "mis", "clip"],
+                        help="rollout_correction of the asynchronous sides (results named async_<it> unless tis)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the builtin workload")
     parser.add_argument("--other-seeds", type=int, nargs="+", default=[0], help="seeds of the 30m and code workloads")
     parser.add_argument("--steps", type=int, default=0, help="training steps per run (0: each workload's)")
@@ -149,14 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             for index, seed in enumerate(seeds):
                 order = args.staleness if index % 2 == 0 else list(reversed(args.staleness))
                 for staleness in order:
-                    results.append(run(workload, staleness, seed, args.steps or None, Path(folder)))
+                    results.append(run(workload, staleness, args.correction, seed, args.steps or None,
+                                       Path(folder)))
                     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     rows = table_rows(results)
-    heading = (f"one rollout worker and the learner, one core each; builtin seeds {args.seeds}, others "
-               f"{args.other_seeds}")
+    heading = (f"one rollout worker and the learner, one core each; rollout_correction {args.correction} when "
+               f"asynchronous; builtin seeds {args.seeds}, others {args.other_seeds}")
     print(f"\n{heading}\n")
     print(markdown_table(COLUMNS, rows))
-    write_results(args.output, "async", info, COLUMNS, rows, results,
+    name = "async" if args.correction == "tis" else f"async_{args.correction}"
+    write_results(args.output, name, info, COLUMNS, rows, results,
                   notes=heading + ". Means over seeds, ranges in brackets; phase seconds and curves in the JSON.")
     return 0
 

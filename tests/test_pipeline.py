@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import read_metrics, tiny_run_config, without_timings
+from conftest import kill_first_worker_at_step_2, read_metrics, tiny_run_config, without_timings
 from r1zero.batch import StepBatch
 from r1zero.config import ConfigError, TrainConfig
 from r1zero.example import Example
@@ -177,6 +177,20 @@ def test_decoupled_ppo_weights_come_from_the_sampling_policy_and_are_exactly_1_o
     assert on_policy.correction_weights is None and on_policy.ess == 1.0 and on_policy.mismatch.max == 0.0
 
 
+def test_coupled_ppo_takes_the_ratio_to_the_sampling_policy_without_weights():
+    settings = UpdateSettings.from_config(TrainConfig(rollout_correction="clip", rollout_correction_cap=1.5))
+    half, quarter = torch.log(torch.tensor(0.5)).item(), torch.log(torch.tensor(0.25)).item()
+    old = torch.tensor([[half, half]])  # (N=1, T=2)
+    gap = engine_gap(old, [[quarter, half]], torch.ones(1, 2), torch.ones(1, 2), settings)
+    assert gap.correction_weights is None  # no weight: the ratio itself changes
+    assert gap.ratio_to[0].tolist() == pytest.approx([quarter, half])  # pi_old of the loss is the sampler's
+    assert gap.corrected_fraction == 0.5  # token 0 starts at pi_old / pi_engine = 2, outside [1/1.5, 1.5]
+    # the loss's ratio at the update's start is pi_theta / pi_engine = 0.5 / 0.25 = 2 on token 0: clipped at 1.2
+    from r1zero.algorithms import ppo_clip_loss
+    loss = ppo_clip_loss(old, gap.ratio_to, torch.tensor([1.0]), torch.ones(1, 2), 0.2, 0.2)
+    assert loss.per_token_loss[0].tolist() == pytest.approx([-1.2, -1.0]) and loss.is_clipped.tolist() == [[True, False]]
+
+
 def test_asynchronous_settings_are_checked():
     with pytest.raises(ConfigError, match="max_staleness: 1 generates ahead on rollout workers .* needs "
                                           "rollout_workers >= 1"):
@@ -248,3 +262,18 @@ def test_an_asynchronous_run_learns_from_stale_samples_within_its_bound(llama_di
     assert all(r["async/ess"] < 1.0 for r in steps[2:])
     assert any(r["rollout/corrected_fraction"] > 0 for r in steps[2:])  # some ratios above the cap of 1.01
     assert steps[-1]["loss"] != 0.0
+
+
+@pytest.mark.ray
+def test_a_worker_killed_while_generating_ahead_is_replaced_and_the_run_is_unchanged(
+        llama_dir, tmp_path, length_reward, local_cluster, monkeypatch):
+    # the worker dies inside batch 2, which the producer generates while the learner trains step 1: a new worker
+    # is started, handed version 0 with the batch, and generates the same prompts from the same seeds
+    settings = dict(max_staleness=1, rollout_correction="tis")
+    timing = ("async/learner_idle_fraction", "async/generator_idle_fraction", "ray/rollout_worker_restarts")
+    reference = run_records(llama_dir, tmp_path / "reference", **settings)
+    kill_first_worker_at_step_2(monkeypatch)
+    killed = run_records(llama_dir, tmp_path / "killed", **settings)
+    assert sum(r.get("ray/rollout_worker_restarts", 0) for r in killed) == 1  # counted at a step timing decides
+    assert [{k: v for k, v in r.items() if k not in timing} for r in killed] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in reference]

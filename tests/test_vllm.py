@@ -283,6 +283,22 @@ def test_a_ray_worker_with_vllm_gives_the_colocated_run_even_when_killed(tmp_pat
     assert remote == colocated  # same seeds, same weights: the worker's vLLM samples what the colocated one did
 
 
+@pytest.mark.ray
+@needs_vllm
+def test_an_asynchronous_run_on_a_vllm_worker_tags_versions_and_corrects_with_vllms_logprobs(tmp_path, ray_cluster):
+    # max_staleness 1 with a vLLM worker: each batch handed its version's weights with the batch (loaded into the
+    # running engine), step s sampled by version s-2, the correction's ratios from vLLM's own log-probabilities
+    from r1zero.trainer import train
+
+    records = steps_of(read_metrics(train(vllm_run_config(
+        tmp_path, rollout_workers=1, ray_worker_cpus=1.0, max_staleness=1, rollout_correction="tis", max_steps=4,
+        eval_every=0, eval_problems=8, eval_samples=1, learning_rate=1e-3))))
+    assert [r["async/staleness_max"] for r in records] == [0, 1, 1, 1]
+    assert records[0]["rollout/logprob_diff_max"] < 0.05  # step 1: vLLM's kernels against the trainer's, same weights
+    assert all(r["rollout/logprob_diff_max"] > records[0]["rollout/logprob_diff_max"] for r in records[2:])
+    assert all(0 < r["async/ess"] <= 1 for r in records)
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_the_default_run_learns_with_vllm_rollouts(tmp_path):

@@ -452,6 +452,7 @@ class RolloutCorrection(NamedTuple):
     weights: Tensor  # (N, T) multiplies each token's policy loss (1 where nothing is corrected)
     mask: Tensor  # (N, T) float: the tokens that stay in the loss (the input mask minus those masked)
     corrected: Tensor  # (N, T) bool: real tokens whose weight was truncated (TIS) or that were masked (MIS)
+    ratio_to: Tensor  # (N, T) the log-probabilities the policy loss's ratio pi_theta / pi_old takes as pi_old
 
 
 RolloutCorrectionFunction = Callable[[Tensor, Tensor, Tensor, float, str], RolloutCorrection]
@@ -471,7 +472,7 @@ def engine_ratio(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, le
 def no_rollout_correction(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
                           level: str) -> RolloutCorrection:
     """The engine's samples taken as the trainer's own: weight 1 everywhere, every token kept."""
-    return RolloutCorrection(torch.ones_like(mask), mask, torch.zeros_like(mask, dtype=torch.bool))
+    return RolloutCorrection(torch.ones_like(mask), mask, torch.zeros_like(mask, dtype=torch.bool), old_logprobs)
 
 
 def truncated_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
@@ -483,7 +484,7 @@ def truncated_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor,
     so the update follows the trainer's pi_old rather than the engine's distribution, with the variance bounded
     by C (the paper: C = 2). `corrected` marks the real tokens where rho > C. Every token is kept."""
     ratio = engine_ratio(old_logprobs, engine_logprobs, mask, level)  # (N, T)
-    return RolloutCorrection(torch.clamp(ratio, max=cap), mask, (ratio > cap) & (mask > 0))
+    return RolloutCorrection(torch.clamp(ratio, max=cap), mask, (ratio > cap) & (mask > 0), old_logprobs)
 
 
 def masked_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
@@ -496,11 +497,28 @@ def masked_importance_sampling(old_logprobs: Tensor, engine_logprobs: Tensor, ma
     The masked tokens also leave the loss aggregation's token count, as DAPO's overlong filter's do."""
     ratio = engine_ratio(old_logprobs, engine_logprobs, mask, level)  # (N, T)
     rejected = (ratio > cap) & (mask > 0)  # (N, T)
-    return RolloutCorrection(torch.ones_like(mask), mask * (~rejected).to(mask.dtype), rejected)
+    return RolloutCorrection(torch.ones_like(mask), mask * (~rejected).to(mask.dtype), rejected, old_logprobs)
+
+
+def clip_to_sampler(old_logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float,
+                    level: str) -> RolloutCorrection:
+    """Coupled PPO on off-policy samples: no weight; the policy loss's ratio is taken to the policy that sampled,
+
+        rho_it = pi_theta(o_it) / pi_engine(o_it),  clipped to [1 - eps_low, 1 + eps_high] by the policy loss
+
+    so the clip bounds how far an update moves from the sampling policy, however stale it was (the decoupled
+    variants bound the move from the learner's pi_old only, which one update per batch never clips). Tinker's
+    cookbook (PR#822) found this stable three steps off-policy where unclipped importance sampling collapsed.
+    `corrected` marks the real tokens whose ratio at the start of the update, pi_old / pi_engine, is already
+    outside [1 / cap, cap]."""
+    ratio = engine_ratio(old_logprobs, engine_logprobs, mask, level)  # (N, T)
+    outside = ((ratio > cap) | (ratio < 1 / cap)) & (mask > 0)  # (N, T)
+    return RolloutCorrection(torch.ones_like(mask), mask, outside, engine_logprobs)
 
 
 ROLLOUT_CORRECTIONS: dict[str, RolloutCorrectionFunction] = {
-    "none": no_rollout_correction, "tis": truncated_importance_sampling, "mis": masked_importance_sampling}
+    "none": no_rollout_correction, "tis": truncated_importance_sampling, "mis": masked_importance_sampling,
+    "clip": clip_to_sampler}
 
 
 def effective_sample_size(weights: Tensor, mask: Tensor) -> float:

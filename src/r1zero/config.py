@@ -322,11 +322,14 @@ class TrainConfig:
     memory; on a CPU vLLM then compiles with torch.compile (minutes)."""
     rollout_correction: str = "none"
     """How the update treats the gap between the probabilities of the policy that sampled the batch and the
-    trainer's (vllm's kernels; with max_staleness, older weights too; r1zero's engine, synchronous, has none): none, tis (truncated importance sampling: each token's policy loss times min(pi_old / pi_engine,
-    cap), Yao et al. 2025) or mis (tokens, or responses, whose ratio exceeds cap leave the loss). The gap itself is
-    logged every step as rollout/logprob_diff_mean and rollout/logprob_diff_max whatever this says."""
+    trainer's (vLLM's kernels; with max_staleness, older weights too; r1zero's engine, synchronous, has none):
+    none; tis (truncated importance sampling: each token's policy loss times min(pi_old / pi_engine, cap), Yao et
+    al. 2025; with max_staleness, decoupled PPO); mis (tokens, or responses, whose ratio exceeds cap leave the
+    loss); clip (no weight: the policy loss's ratio is taken to the sampling policy itself, so PPO's clip bounds
+    the move from it however stale it was: coupled PPO). The gap itself is logged every step as
+    rollout/logprob_diff_mean and rollout/logprob_diff_max whatever this says."""
     rollout_correction_cap: float = 2.0
-    """The cap C of tis and mis (Yao et al. 2025: 2)."""
+    """The cap C of tis and mis (Yao et al. 2025: 2); clip counts the tokens outside [1/C, C] as corrected."""
     rollout_correction_level: str = "token"
     """token: one ratio per token; sequence: each response's product of its tokens' ratios, on all its tokens
     (mis then masks whole responses)."""

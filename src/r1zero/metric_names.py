@@ -80,7 +80,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     (LEARNING_RATE, EVERY_STEP, "the learning rate after the step's scheduler step"),
     # ---- time
     ("time/step_seconds", EVERY_STEP, "wall time of the step"),
-    ("time/generation_seconds", EVERY_STEP, "sampling the completions and scoring them"),
+    ("time/generation_seconds", EVERY_STEP,
+     "sampling the completions and scoring them (with max_staleness: waiting for the batch generated ahead)"),
     ("time/logprobs_seconds", EVERY_STEP, "reference and old log-probabilities, and the advantages"),
     ("time/update_seconds", EVERY_STEP, "the policy update (and the critic's)"),
     ("throughput/tokens_per_second", EVERY_STEP, "completion tokens sampled per second of the whole step"),
@@ -104,7 +105,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
      "mean |log pi_old - log pi_engine| over completion tokens: the sampling policy's gap to the trainer"),
     (LOGPROB_DIFF_MAX, "with rollout_engine vllm or max_staleness", "the largest such gap of the step"),
     (CORRECTED_FRACTION, "with rollout_engine vllm or max_staleness, and a rollout_correction",
-     "share of loss tokens the correction truncated (tis) or masked (mis)"),
+     "share of loss tokens the correction truncated (tis) or masked (mis); clip: whose ratio to the sampler is "
+     "outside [1/cap, cap] at the update's start"),
     (STALENESS_MEAN, "with max_staleness", "mean of (learner's version - sampling version) over the step's samples"),
     (STALENESS_MAX, "with max_staleness", "the oldest sample's lag in versions (never above max_staleness)"),
     (ESS, "with max_staleness",

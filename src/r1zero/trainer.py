@@ -35,7 +35,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -59,11 +59,17 @@ from r1zero.rewards import RewardScorer, ScoringPool
 from r1zero.rollout import RolloutEngine
 from r1zero.rollout.tool_use import tool_metrics, tool_settings, void_flags, with_tools
 from r1zero.rollout.transformers_engine import TransformersEngine
+from r1zero.tasks import ProblemSource
 from r1zero.templates import STOP_STRING, encode_prompts
 from r1zero.tracking import MetricsLogger, Progress, console, quiet_libraries
 from r1zero.update import (ADVANTAGE_EPS, EngineGap, PolicyStats, PPOAdvantages, Rollout, UpdateSettings,
                            engine_gap, pack_sequences, ppo_advantages, reference_logprobs, score_logprobs, update_plan,
                            update_policy)
+
+if TYPE_CHECKING:  # Ray is imported only when a run asks for it
+    from transformers import PreTrainedTokenizerBase
+
+    from r1zero.distributed import Learners, RolloutWorkers
 
 
 def train(config: TrainConfig, resume: bool = False, stop=None) -> Path:
@@ -120,8 +126,8 @@ class Run:
 
     config: TrainConfig
     output_dir: Path
-    problems: object  # r1zero.tasks.ProblemSource
-    tokenizer: object
+    problems: ProblemSource
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     policy: torch.nn.Module
     reference: torch.nn.Module | None  # None without a KL term, or with LoRA (the policy's adapters switched off)
@@ -142,8 +148,8 @@ class Run:
     out_of_distribution_prompts: list[list[int]]  # empty: the task has no such split, or it is not evaluated
     first_step: int
     pipeline: Synchronous | Asynchronous  # where each step's batch comes from (r1zero.pipeline)
-    workers: object = None  # r1zero.distributed.RolloutWorkers
-    learners: object = None  # r1zero.distributed.Learners
+    workers: RolloutWorkers | None = None  # Ray rollout workers (rollout_workers >= 1)
+    learners: Learners | None = None  # Ray learner ranks (train_processes >= 2)
     nonfinite_steps: int = 0  # steps in a row with skipped (non-finite) updates
     started: float = field(default_factory=time.time)  # when training started (train() sets it after step 0's
     # evaluation), for the time budget and the ETA
@@ -398,7 +404,7 @@ def make_rollout(run: Run, batch: StepBatch, step: int) -> tuple[Rollout, PPOAdv
             own = torch.tensor([lag == 0 for lag in batch.staleness(step - 1)])
         gap = engine_gap(old_logprobs, batch.engine_logprobs, sampled if loss_mask is None else loss_mask, sampled,
                          run.settings, own)
-        loss_mask = gap.loss_mask
+        loss_mask, old_logprobs = gap.loss_mask, gap.ratio_to
     reward = batch.reward_matrix(config.group_size)  # (B, G)
     ppo, critic_fields = None, {}
     if run.critic is None:

@@ -166,6 +166,7 @@ class EngineGap(NamedTuple):
 
     loss_mask: torch.Tensor  # (N, T) the tokens left in the loss (MIS removes some)
     correction_weights: torch.Tensor | None  # (N, T) TIS's weights on the policy loss; None: no weights
+    ratio_to: torch.Tensor  # (N, T) pi_old of the policy loss's ratio: the trainer's, or the sampler's (clip)
     mismatch: algorithms.LogprobMismatch  # |log pi_old - log pi_engine| over the completions' tokens
     corrected_fraction: float  # share of the loss's tokens truncated (TIS) or masked (MIS)
     ess: float  # Kish's effective sample size of the per-token ratios pi_old / pi_engine, as a share (1: on-policy)
@@ -194,7 +195,7 @@ def engine_gap(old_logprobs: torch.Tensor, engine_logprobs: list[list[float]], t
                                              settings.rollout_correction_level)
     weights = None if bool((correction.weights == 1).all()) else correction.weights  # all 1: the loss as it is
     corrected = float(correction.corrected.sum() / token_mask.sum().clamp(min=1))
-    return EngineGap(correction.mask, weights, mismatch, corrected, ess)
+    return EngineGap(correction.mask, weights, correction.ratio_to, mismatch, corrected, ess)
 
 
 # ---- settings, resolved once -----------------------------------------------------------------------------
