@@ -2,6 +2,7 @@
 stand-in workers, no Ray), then asynchronous runs on a local Ray cluster: the same samples as a synchronous run
 when the weights do not move, the version tags, the correction's weights and the metrics."""
 
+import signal
 import sys
 import threading
 import time
@@ -277,3 +278,37 @@ def test_a_worker_killed_while_generating_ahead_is_replaced_and_the_run_is_uncha
     assert sum(r.get("ray/rollout_worker_restarts", 0) for r in killed) == 1  # counted at a step timing decides
     assert [{k: v for k, v in r.items() if k not in timing} for r in killed] == \
         [{k: v for k, v in r.items() if k not in timing} for r in reference]
+
+
+class CtrlCAfter:
+    """A checkpoint.StopSignals stand-in that has caught SIGINT from the end of step `step` on."""
+
+    def __init__(self, step: int):
+        self.step, self.asked = step, 0
+
+    @property
+    def requested(self):
+        self.asked += 1  # the trainer asks once after each step, and once more to name the signal
+        return signal.SIGINT if self.asked >= self.step else None
+
+
+@pytest.mark.ray
+def test_ctrl_c_in_an_asynchronous_run_saves_the_batches_in_flight_and_the_resume_trains_on_them(
+        llama_dir, tmp_path, length_reward, local_cluster):
+    from r1zero.checkpoint import TrainingInterrupted, latest_checkpoint
+    from r1zero.trainer import train
+
+    settings = dict(max_staleness=2, rollout_correction="clip", checkpoint_every=0)
+    timing = ("async/learner_idle_fraction", "async/generator_idle_fraction")
+    uninterrupted = run_records(llama_dir, tmp_path / "whole", **settings)
+    config = tiny_run_config(llama_dir, tmp_path / "stopped", rollout_workers=1, ray_worker_cpus=0.5, max_steps=5,
+                             **settings)
+    with pytest.raises(TrainingInterrupted, match="stopped after step 2 of 5 by SIGINT"):
+        train(config, stop=CtrlCAfter(2))
+    state = torch.load(latest_checkpoint(tmp_path / "stopped" / "run") / "trainer_state.pt", weights_only=True)
+    # after step 2 (version 2 published): steps 3, 4, 5 sampled by versions 0, 1, 2 (step s by s - 3)
+    assert [batch["versions"][0] for batch in state["in_flight"]] == [0, 1, 2]
+    train(config, resume=True)
+    resumed = without_timings(read_metrics(tmp_path / "stopped" / "run"))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in uninterrupted]
