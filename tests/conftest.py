@@ -78,7 +78,13 @@ def kill_first_worker_at_step_2(monkeypatch):
         if calls["n"] == 2:
             pid = self.pids()[0]
             os.kill(pid, signal.SIGKILL)
-            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            while True:  # until it is gone or a zombie (the process may vanish between two reads)
+                try:
+                    with open(f"/proc/{pid}/stat") as stat:
+                        if stat.read().split()[2] == "Z":
+                            break
+                except (FileNotFoundError, ProcessLookupError):
+                    break
                 time.sleep(0.05)
         return generate(self, *args, **kwargs)
 
