@@ -229,6 +229,16 @@ if __name__ == "__main__":  # the scoring pool's spawned workers import this fil
 """
 
 
+def _data_and_launcher(folder):
+    """A dataset of ten sums (its epochs end mid-run) and the launcher script, written into folder."""
+    data_path = folder / "data.jsonl"
+    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
+                                 for a in range(1, 11)))
+    launcher = folder / "launch.py"
+    launcher.write_text(LAUNCHER)
+    return data_path, launcher
+
+
 def _settings(model_dir, data_path):
     """8 steps, a checkpoint every 2; KL (a reference model), mu = 2 with minibatches (the shuffling generator),
     a dataset whose epochs end mid-run (the data order), Adam moments that matter (lr 1e-2, a length reward)."""
@@ -277,6 +287,18 @@ def _largest_difference(expected: list[dict], got: list[dict]) -> float:
     return largest
 
 
+def _resumed_difference(launcher, run, log_path, reference, expected, records=None) -> float:
+    """Resume `run` to its end; the largest difference of its metrics (records(run), default _records) and final
+    weights from the uninterrupted `reference` run's (`expected`: its records)."""
+    process, log = _launch(launcher, ["--resume", str(run)], log_path)
+    assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    log.close()
+    largest = _largest_difference(expected, (records or _records)(run))
+    for name, tensor in _weights(run / "final").items():
+        largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
+    return largest
+
+
 def _line_count(run) -> int:
     path = run / "metrics.jsonl"
     return path.read_bytes().count(b"\n") if path.exists() else 0
@@ -302,11 +324,7 @@ def _weights(folder):
 
 
 def test_a_run_killed_at_random_moments_resumes_to_the_same_metrics(llama_dir, tmp_path):
-    data_path = tmp_path / "data.jsonl"
-    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
-                                 for a in range(1, 11)))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER)
+    data_path, launcher = _data_and_launcher(tmp_path)
     settings = _settings(llama_dir, data_path)
 
     reference = tmp_path / "reference"
@@ -371,11 +389,7 @@ def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_
     # SIGKILLed during step 6 (after its step-4 checkpoint) and resumed writes the uninterrupted run's metrics and
     # final weights. (Both fail if the checkpoint keeps the ranks' learning rate, the one their last update used,
     # instead of the driver's schedule's next one.)
-    data_path = tmp_path / "data.jsonl"
-    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
-                                 for a in range(1, 11)))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER)
+    data_path, launcher = _data_and_launcher(tmp_path)
     settings = _settings(llama_dir, data_path) + ["--train-processes", "2", "--ray-worker-cpus", "0.5"]
     settings += ["--fsdp"] if fsdp else []
     reference = tmp_path / "reference"
@@ -403,13 +417,7 @@ def test_a_run_on_learner_ranks_killed_mid_training_resumes_to_the_same_metrics_
         assert not shards.exists() and fields["optimizer_shards"] == 0
         assert sorted(state["state"]) == list(range(len(parameters)))  # every parameter's moments, numbered
         assert all(state["state"][i]["exp_avg"].shape == p.shape for i, p in enumerate(parameters))
-    process, log = _launch(launcher, ["--resume", str(run)], log_path)
-    assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
-    log.close()
-    largest = _largest_difference(expected, _records(run))
-    for name, tensor in _weights(run / "final").items():
-        largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
-    assert largest <= 1e-6
+    assert _resumed_difference(launcher, run, log_path, reference, expected) <= 1e-6
 
 
 def test_optimizer_shards_written_and_read_back_keep_the_moments_and_the_learning_rate(llama_dir, tmp_path):
@@ -466,11 +474,7 @@ def test_an_asynchronous_run_killed_mid_training_resumes_to_the_same_metrics_and
     # checkpoint holds the batches in flight (steps 5 and 6, sampled by versions 3 and 4, log-probabilities and
     # rewards included), so a run SIGKILLed during step 6 and resumed trains on the same samples and writes the
     # uninterrupted run's metrics and final weights. The killed run's worker does not outlive it.
-    data_path = tmp_path / "data.jsonl"
-    data_path.write_text("".join(json.dumps({"prompt": f"What is {a} + {a}", "answer": str(2 * a)}) + "\n"
-                                 for a in range(1, 11)))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER)
+    data_path, launcher = _data_and_launcher(tmp_path)
     settings = _settings(llama_dir, data_path) + ["--rollout-workers", "1", "--ray-worker-cpus", "0.5",
                                                   "--max-staleness", "1", "--rollout-correction", "tis"]
     timing = ("async/learner_idle_fraction", "async/generator_idle_fraction")  # wall-clock shares
@@ -500,10 +504,4 @@ def test_an_asynchronous_run_killed_mid_training_resumes_to_the_same_metrics_and
     assert [batch["versions"] for batch in in_flight] == [[3] * 6, [4] * 6]  # steps 5 and 6, 2 prompts x 3
     assert all(len(logprobs) == len(completion) for batch in in_flight
                for logprobs, completion in zip(batch["engine_logprobs"], batch["completions"]))
-    process, log = _launch(launcher, ["--resume", str(run)], log_path)
-    assert process.wait(timeout=600) == 0, log_path.read_text()[-3000:]
-    log.close()
-    largest = _largest_difference(expected, records(run))
-    for name, tensor in _weights(run / "final").items():
-        largest = max(largest, (tensor - _weights(reference / "final")[name]).abs().max().item())
-    assert largest <= 1e-6
+    assert _resumed_difference(launcher, run, log_path, reference, expected, records) <= 1e-6
