@@ -79,6 +79,19 @@ def test_step_s_is_sampled_by_version_s_minus_1_minus_k_and_the_producer_stops_k
     assert not pipeline.thread.is_alive()
 
 
+def test_a_run_resumed_past_its_old_end_samples_the_unprepared_steps_with_the_checkpoints_weights():
+    # a finished k = 2 run (no batch in flight at its last step, 20) resumed to 30: batches 21 and 22 would be
+    # version 18 and 19, which no checkpoint holds; they are sampled by version 20, the resumed weights
+    collect = Recorder()
+    workers = Workers()
+    pipeline = Asynchronous(collect, workers, 2, first_step=21, last_step=30)
+    try:
+        wait_until(lambda: len(collect.made) == 3)
+        assert collect.made == [(21, 20), (22, 20), (23, 20)] and workers.put_versions == [20]
+    finally:
+        pipeline.close()
+
+
 def test_a_batch_older_than_the_bound_is_refused_or_dropped_and_counted():
     old = made_batch()
     old.versions = [0, 0]
@@ -109,7 +122,9 @@ def test_with_drop_stale_the_producer_samples_with_the_newest_version_and_never_
         pipeline.publish(5)  # the queue, not the version, holds it back: a new version only changes the next
         pipeline.take(1)
         wait_until(lambda: len(collect.made) == 3)
-        assert collect.made == [(1, 0), (2, 0), (3, 5)]  # past last_step too: drops need more batches
+        assert collect.made == [(1, 0), (2, 0), (3, 5)]
+        time.sleep(0.2)
+        assert len(collect.made) == 3  # last_step 3 and nothing dropped: no batch past it
     finally:
         pipeline.close()
 

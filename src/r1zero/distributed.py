@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -232,6 +233,11 @@ class RolloutWorkers:
         self.version = -1
         self.weights = None  # ObjectRef of the newest published weights
         self.versions: dict[int, object] = {}  # asynchronous training: version -> ObjectRef of the weights kept (put)
+        # asynchronous training calls generate (and so _replace) from the pipeline's producer thread while the
+        # training thread puts weights and reads the restarts: the newest (version, weights) and the counter change
+        # under this lock; after close no worker is replaced
+        self.lock = threading.Lock()
+        self.closed = False
         self.restarts = 0  # workers replaced since the counter was last read (take_restarts)
         self.publish_seconds = 0.0  # wall time of the newest publish: object store put and every worker's load
 
@@ -256,11 +262,13 @@ class RolloutWorkers:
         already there) for the generate calls that ask for it, without waiting for any worker; only the newest
         `keep` versions are kept."""
         started = time.perf_counter()
-        self.versions[version] = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
+        reference = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
         self.publish_seconds = time.perf_counter() - started
-        self.version, self.weights = version, self.versions[version]  # a replaced worker starts from these
-        for old in sorted(self.versions)[:-keep]:
-            del self.versions[old]
+        with self.lock:
+            self.versions[version] = reference
+            self.version, self.weights = version, reference  # a replaced worker starts from these
+            for old in sorted(self.versions)[:-keep]:
+                del self.versions[old]
 
     def generate(self, prompts: list[list[int]], samples_per_prompt: int, max_new_tokens: int, temperature: float,
                  generator=None, seeds: list[int] | None = None, version: int | None = None) -> Generation:
@@ -270,8 +278,9 @@ class RolloutWorkers:
         published ones, which every worker holds (publish)."""
         if seeds is None:
             raise ValueError("rollout workers sample with per-prompt seeds; pass seeds= (r1zero.batch.prompt_seed)")
-        expected = self.version if version is None else version
-        weights = None if version is None else [self.versions[version]]
+        with self.lock:
+            expected = self.version if version is None else version
+            weights = None if version is None else [self.versions[version]]
         blocks = contiguous_blocks(len(prompts), len(self.workers))
         calls = {index: (lambda w, block=block: w.generate.remote(
                     [prompts[i] for i in block], samples_per_prompt, max_new_tokens, temperature,
@@ -295,6 +304,8 @@ class RolloutWorkers:
 
         for attempt in range(RESTARTS_PER_SHARE + 1):
             try:
+                if attempt and self.closed:
+                    raise RuntimeError(f"rollout worker {index}: the workers were closed during its call")
                 if attempt:  # the worker died, or was stuck past its time: a new one with the newest weights
                     self._replace(index)
                     pending = None
@@ -319,20 +330,23 @@ class RolloutWorkers:
         """Kill worker `index` and start a new one with the newest weights (a timeout here is the new worker's)."""
         self.ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self.actor.remote(*self.spec)
-        self.restarts += 1
-        if self.weights is not None:
-            self.ray.get(self.workers[index].load_weights.remote(self.version, self.weights),
-                         timeout=self.sync_timeout)
+        with self.lock:
+            self.restarts += 1
+            version, weights = self.version, self.weights
+        if weights is not None:
+            self.ray.get(self.workers[index].load_weights.remote(version, weights), timeout=self.sync_timeout)
 
     def take_restarts(self) -> int:
         """Workers replaced since the last call."""
-        restarts, self.restarts = self.restarts, 0
+        with self.lock:
+            restarts, self.restarts = self.restarts, 0
         return restarts
 
     def pids(self) -> list[int]:
         return self.ray.get([worker.pid.remote() for worker in self.workers])
 
     def close(self) -> None:
+        self.closed = True
         for worker in self.workers:
             self.ray.kill(worker)
         self.workers = []

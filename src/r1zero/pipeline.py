@@ -71,27 +71,29 @@ class Synchronous:
 
 
 class AtVersion:
-    """The rollout workers as an engine that samples with one version's weights, timing its calls."""
+    """The rollout workers as an engine that samples with one version's weights, telling the pipeline when the
+    workers start and stop generating (busy(True), busy(False))."""
 
-    def __init__(self, workers, version: int, busy: Callable[[float], None]):
+    def __init__(self, workers, version: int, busy: Callable[[bool], None]):
         self.workers, self.version, self.busy = workers, version, busy
 
     def generate(self, prompts, samples_per_prompt, max_new_tokens, temperature, generator=None, seeds=None):
-        started = time.perf_counter()
+        self.busy(True)
         try:
             return self.workers.generate(prompts, samples_per_prompt, max_new_tokens, temperature, seeds=seeds,
                                          version=self.version)
         finally:
-            self.busy(time.perf_counter() - started)
+            self.busy(False)
 
 
 class Asynchronous:
     """Batches generated ahead by a producer thread on the rollout workers; see the module docstring.
 
     workers: r1zero.distributed.RolloutWorkers (put, generate(..., version=)). first_step: the learner's first
-    step; version first_step - 1 is already published. last_step: the producer makes no batch past it (it has no
-    bound with drop_stale, whose drops need more). in_flight: a checkpoint's batches, in step order, to be taken
-    first (their versions inside)."""
+    step; version first_step - 1 is already published, and no batch is sampled by an older one (a run resumed
+    with a larger max_steps samples the steps its old end did not prepare by that version). last_step: the
+    producer makes no batch past it (with drop_stale: past it plus the batches dropped so far). in_flight: a
+    checkpoint's batches, in step order, to be taken first (their versions inside)."""
 
     def __init__(self, collect: Collect, workers, max_staleness: int, first_step: int, last_step: int,
                  drop_stale: bool = False, in_flight: list[StepBatch] = (), policy=None):
@@ -100,12 +102,13 @@ class Asynchronous:
         self.condition = threading.Condition()
         self.ready: deque[StepBatch] = deque(in_flight)
         self.next_index = first_step + len(self.ready)  # the next batch the producer makes
-        self.newest = first_step - 1  # the newest version published
+        self.newest = self.oldest = first_step - 1  # the newest version published; the oldest one kept
         self.busy = False  # the producer is making a batch
         self.error: BaseException | None = None
         self.stopping = False
-        self.generating = 0.0  # seconds the workers spent generating, in total
-        self.last_take = (time.perf_counter(), 0.0)  # (when, generating then)
+        self.dropped = 0  # batches dropped so far (drop_stale)
+        # the workers' busy time since the last take: finished calls' seconds, and when the running one started
+        self.interval_started, self.busy_seconds, self.generating_since = time.perf_counter(), 0.0, None
         self.workers.put(self.newest, policy, getattr(workers, "weights", None), keep=self.lag + 2)
         self.thread = threading.Thread(target=self._produce, name="r1zero-rollout-producer", daemon=True)
         self.thread.start()
@@ -114,11 +117,11 @@ class Asynchronous:
 
     def version_for(self, index: int) -> int:
         """The version that samples batch `index`: the fixed lag's, or with drop_stale the newest published."""
-        return self.newest if self.drop_stale else max(0, index - 1 - self.lag)
+        return self.newest if self.drop_stale else max(self.oldest, index - 1 - self.lag)
 
     def _can_start(self) -> bool:
         if self.drop_stale:  # the queue bounds how far ahead the producer runs
-            return len(self.ready) <= self.lag
+            return len(self.ready) <= self.lag and self.next_index <= self.last_step + self.dropped
         return self.next_index <= self.last_step and self.newest >= self.version_for(self.next_index)
 
     def _produce(self) -> None:
@@ -130,7 +133,7 @@ class Asynchronous:
                         return
                     index, version = self.next_index, self.version_for(self.next_index)
                     self.busy = True
-                batch = self.collect(index, AtVersion(self.workers, version, self._generated))
+                batch = self.collect(index, AtVersion(self.workers, version, self._generating))
                 batch.versions = [version] * len(batch.completions)
                 with self.condition:
                     self.ready.append(batch)
@@ -142,9 +145,26 @@ class Asynchronous:
                 self.error, self.busy = error, False
                 self.condition.notify_all()
 
-    def _generated(self, seconds: float) -> None:
+    def _generating(self, started: bool) -> None:
+        """The workers start (True) or stop generating: their busy time, counted in the interval it falls in."""
+        now = time.perf_counter()
         with self.condition:
-            self.generating += seconds
+            if started:
+                self.generating_since = now
+            elif self.generating_since is not None:
+                self.busy_seconds += now - max(self.generating_since, self.interval_started)
+                self.generating_since = None
+
+    def _idle_fraction(self) -> float:
+        """The share of the time since the last call the workers were not generating; starts a new interval."""
+        now = time.perf_counter()
+        with self.condition:
+            busy = self.busy_seconds
+            if self.generating_since is not None:  # a call running across the boundary: its part so far
+                busy += now - max(self.generating_since, self.interval_started)
+            interval = max(now - self.interval_started, 1e-9)
+            self.interval_started, self.busy_seconds = now, 0.0
+        return min(1.0, max(0.0, 1.0 - busy / interval))
 
     # ---- the learner's side ----
 
@@ -167,13 +187,11 @@ class Asynchronous:
                 raise StaleBatchError(f"step {step}: a batch sampled by version {min(batch.versions)} is {staleness} "
                                       f"versions behind the learner, more than max_staleness {self.lag}")
             dropped += 1
-        now = time.perf_counter()
-        with self.condition:
-            generating = self.generating
-        then, generating_then = self.last_take
-        self.last_take = (now, generating)
-        idle = 1.0 - (generating - generating_then) / max(now - then, 1e-9)
-        return Taken(batch, now - started, min(1.0, max(0.0, idle)), dropped)
+            with self.condition:  # one more batch to make
+                self.dropped += 1
+                self.condition.notify_all()
+        waited = time.perf_counter() - started
+        return Taken(batch, waited, self._idle_fraction(), dropped)
 
     def publish(self, version: int, policy=None, weights=None) -> None:
         """Version `version`'s weights (the policy's, or a learner's ObjectRef) for the batches still to make."""
@@ -193,11 +211,12 @@ class Asynchronous:
             return list(self.ready)
 
     def close(self) -> None:
-        """Stop the producer (a batch being generated ends when the workers are closed); never waits long."""
+        """Stop the producer: it makes no new batch, and one being generated ends when the workers are closed
+        (they then refuse to replace themselves); waits at most 10 s for it."""
         with self.condition:
             self.stopping = True
             self.condition.notify_all()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=10)
 
 
 def rollout_pipeline(config, collect: Collect, engine, workers, first_step: int, in_flight: list[StepBatch] = (),
