@@ -246,8 +246,7 @@ class RolloutWorkers:
         once) or an ObjectRef already there (a learner's). The workers load them side by side; returns when all
         have."""
         started = time.perf_counter()
-        self.weights = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
-        self.version = version
+        self.put(version, policy, weights)
 
         def load(worker):
             return worker.load_weights.remote(self.version, self.weights)
@@ -258,9 +257,9 @@ class RolloutWorkers:
         self.publish_seconds = time.perf_counter() - started
 
     def put(self, version: int, policy=None, weights=None, keep: int = 1) -> None:
-        """Asynchronous training: keep `version`'s weights in the object store (the policy's, or an ObjectRef
-        already there) for the generate calls that ask for it, without waiting for any worker; only the newest
-        `keep` versions are kept."""
+        """Keep `version`'s weights in the object store (the policy's, or an ObjectRef already there) as the newest,
+        without waiting for any worker: publish then has every worker load them; asynchronous training hands them
+        to the generate calls that ask for that version. Only the newest `keep` versions are kept."""
         started = time.perf_counter()
         reference = weights if weights is not None else self.ray.put(weights_to_arrays(policy))
         self.publish_seconds = time.perf_counter() - started
